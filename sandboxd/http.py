@@ -1,0 +1,275 @@
+"""HTTP layer: the app factory, every route of LibreChat's Code API (at / and /v1), wire
+decoding, and the one place where domain errors become status codes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import msgspec
+from aiohttp import BodyPartReader, MultipartReader, web
+
+from . import workspace
+from .auth import Authenticator
+from .errors import BadRequest, NotFound, PayloadTooLarge, RateLimited, SandboxdError
+from .schemas import BatchFile, BatchReply, ExecRequest, UploadedFile, UploadReply
+from .sessions import Session, SessionStore, StoredFile
+
+__all__ = ["create_app", "STORE", "READY"]
+
+log = logging.getLogger(__name__)
+STORE = web.AppKey("store", SessionStore)
+AUTH = web.AppKey("auth", Authenticator)
+READY = web.AppKey("ready", dict)
+UPLOAD_CHUNK_BYTES = 256 * 1024
+
+_exec_decoder = msgspec.json.Decoder(ExecRequest)
+_encoder = msgspec.json.Encoder()
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _json(obj: object, status: int = 200) -> web.Response:
+    return web.Response(body=_encoder.encode(obj), status=status, content_type="application/json")
+
+
+def _error(status: int, error: str, message: str, **extra: object) -> web.Response:
+    return _json({"error": error, "message": message, **extra}, status=status)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The only translation of errors to HTTP. Unknown failures get a fixed body, no traceback."""
+    try:
+        return await handler(request)
+    except RateLimited as exc:
+        return _error(429, "rate_limited", exc.message, retry_after_seconds=exc.retry_after_s)
+    except SandboxdError as exc:
+        if exc.status >= 500:
+            log.warning("%s %s: %s", request.method, request.path, exc.message)
+        error = exc.message if exc.status == 422 else exc.code
+        return _error(exc.status, error, exc.message)
+    except web.HTTPRequestEntityTooLarge:
+        return _error(413, "payload_too_large", "Request body is too large")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return _error(500, "internal_error", "Internal error")
+
+
+def _owner(request: web.Request) -> str:
+    return request.app[AUTH].principal(request)
+
+
+async def health(request: web.Request) -> web.Response:
+    ready = request.app[READY]
+    store = request.app[STORE]
+    if not ready.get("ok") or store.closing:
+        return _error(503, "not_ready", ready.get("why", "starting"))
+    return _json({"status": "ok", "sessions": len(store.sessions), "runs": store.admission.running})
+
+
+async def exec_code(request: web.Request) -> web.Response:
+    owner = _owner(request)
+    body = await request.read()
+    try:
+        req = _exec_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(f"Invalid request: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"Malformed JSON: {exc}") from None
+    reply = await request.app[STORE].execute(req, owner)
+    return _json(reply)
+
+
+async def _stream_part(store: SessionStore, session: Session, part: BodyPartReader, limit: int) -> StoredFile:
+    name = part.filename or ""
+    fd, parts = store.open_upload(session, name)
+    written = 0
+    try:
+        while chunk := await part.read_chunk(UPLOAD_CHUNK_BYTES):
+            written = workspace.write_stream_chunk(fd, chunk, written, limit)
+    except BaseException:
+        store.abort_upload(session, fd, parts)
+        raise
+    return store.finish_upload(session, fd, parts)
+
+
+async def upload(request: web.Request) -> web.Response:
+    owner = _owner(request)
+    store = request.app[STORE]
+    limit = store.settings.storage.upload_max_bytes
+    if request.content_length is not None and request.content_length > limit + 64 * 1024:
+        raise PayloadTooLarge(f"upload exceeds {limit} bytes")
+    try:
+        reader = await request.multipart()
+    except (AssertionError, ValueError, KeyError) as exc:
+        raise BadRequest(f"expected multipart/form-data: {exc}") from None
+    session = store.new_upload_session(owner)
+    files: list[UploadedFile] = []
+    try:
+        async for part in _parts(reader):
+            if part.name != "file":
+                await part.release()
+                continue
+            if len(files) >= store.settings.storage.upload_files_max:
+                raise BadRequest("too many files in one upload")
+            f = await _stream_part(store, session, part, limit)
+            files.append(UploadedFile(fileId=f.id, filename=f.name))
+        if not files:
+            raise BadRequest("multipart body has no 'file' part")
+    finally:
+        store.end_upload(session)
+    return _json(UploadReply(message="success", session_id=session.id, storage_session_id=session.id,
+                             files=files))
+
+
+async def upload_batch(request: web.Request) -> web.Response:
+    owner = _owner(request)
+    store = request.app[STORE]
+    limit = store.settings.storage.upload_max_bytes
+    try:
+        reader = await request.multipart()
+    except (AssertionError, ValueError, KeyError) as exc:
+        raise BadRequest(f"expected multipart/form-data: {exc}") from None
+    session = store.new_upload_session(owner)
+    results: list[BatchFile] = []
+    try:
+        async for part in _parts(reader):
+            if part.name != "file":
+                await part.release()
+                continue
+            name = part.filename or ""
+            if len(results) >= store.settings.storage.upload_files_max:
+                raise BadRequest("too many files in one upload")
+            try:
+                f = await _stream_part(store, session, part, limit)
+                results.append(BatchFile(status="success", fileId=f.id, filename=f.name))
+            except (BadRequest, PayloadTooLarge) as exc:
+                await part.release()
+                results.append(BatchFile(status="error", filename=name, error=exc.message))
+        if not results:
+            raise BadRequest("multipart body has no 'file' part")
+    finally:
+        store.end_upload(session)
+    ok = sum(1 for r in results if r.status == "success")
+    message = "success" if ok == len(results) else ("partial_success" if ok else "error")
+    return _json(BatchReply(message=message, storage_session_id=session.id, session_id=session.id,
+                            files=results, succeeded=ok, failed=len(results) - ok))
+
+
+async def _parts(reader: MultipartReader) -> AsyncIterator[BodyPartReader]:
+    while True:
+        try:
+            part = await reader.next()
+        except ValueError as exc:
+            raise BadRequest(f"malformed multipart body: {exc}") from None
+        if part is None:
+            return
+        if not isinstance(part, BodyPartReader):
+            raise BadRequest("nested multipart bodies are not supported")
+        yield part
+
+
+def _disposition(name: str) -> str:
+    base = name.rsplit("/", 1)[-1]
+    ascii_fallback = "".join(c if 0x20 <= ord(c) < 0x7F and c not in '"\\;' else "_" for c in base)
+    return f"attachment; filename=\"{ascii_fallback}\"; filename*=UTF-8''{urllib.parse.quote(base, safe='')}"
+
+
+async def download(request: web.Request) -> web.StreamResponse:
+    store = request.app[STORE]
+    f = store.get_file(request.match_info["sid"], request.match_info["fid"], _owner(request))
+    fd = await asyncio.to_thread(store.open_for_download, f)
+    try:
+        resp = web.StreamResponse(
+            headers={
+                "Content-Type": f.content_type,
+                "Content-Disposition": _disposition(f.name),
+                "Content-Length": str(f.size),
+                "ETag": f.etag,
+                "X-Content-Type-Options": "nosniff",
+                "Cache-Control": "private, no-store",
+            }
+        )
+        await resp.prepare(request)
+        for chunk in workspace.iter_chunks(fd, f.size):
+            await resp.write(chunk)
+        # The jail may not rewrite a served version; if it did mid-stream, the body is
+        # incomplete and the connection is dropped rather than ending it as a valid reply.
+        if workspace.Sig.of(os.fstat(fd)) != f.sig:
+            raise ConnectionResetError("file changed while being served")
+        await resp.write_eof()
+        return resp
+    finally:
+        os.close(fd)
+
+
+def _file_entry(f: StoredFile, detail: str) -> object:
+    info = f.info()
+    if detail == "simple":
+        return info.name
+    entry: dict[str, object] = {"name": info.name, "size": info.size, "lastModified": info.lastModified,
+                                "etag": info.etag}
+    if detail == "full":
+        entry.update({"metadata": {"content-type": f.content_type, "original-filename": f.name},
+                      "contentType": f.content_type, "id": f.id})
+    elif detail == "normalized":
+        entry = {"id": f.id, "name": f.name, "storage_session_id": f.session.id, "size": f.size,
+                 "contentType": f.content_type, "lastModified": info.lastModified}
+    return entry
+
+
+async def list_files(request: web.Request) -> web.Response:
+    detail = request.query.get("detail", "simple")
+    if detail not in ("simple", "summary", "full", "normalized"):
+        raise BadRequest("detail must be one of simple, summary, full, normalized")
+    files = request.app[STORE].list_files(request.match_info["sid"], _owner(request))
+    return _json([_file_entry(f, detail) for f in files])
+
+
+async def object_info(request: web.Request) -> web.Response:
+    f = request.app[STORE].get_file(request.match_info["sid"], request.match_info["fid"], _owner(request))
+    return _json(f.info())
+
+
+async def delete_file(request: web.Request) -> web.Response:
+    await request.app[STORE].delete_file(request.match_info["sid"], request.match_info["fid"], _owner(request))
+    return _json({"message": "success"})
+
+
+async def not_found(request: web.Request) -> web.Response:
+    raise NotFound("No such route")
+
+
+def add_routes(app: web.Application) -> None:
+    for prefix in ("", "/v1"):
+        app.router.add_get(prefix + "/health", health)
+        app.router.add_post(prefix + "/exec", exec_code)
+        app.router.add_post(prefix + "/upload", upload)
+        app.router.add_post(prefix + "/upload/batch", upload_batch)
+        app.router.add_get(prefix + "/download/{sid}/{fid}", download)
+        app.router.add_get(prefix + "/files/{sid}", list_files)
+        app.router.add_delete(prefix + "/files/{sid}/{fid}", delete_file)
+        app.router.add_get(prefix + "/sessions/{sid}/objects/{fid}", object_info)
+        app.router.add_delete(prefix + "/sessions/{sid}/objects/{fid}", delete_file)
+
+
+def create_app(store: SessionStore, auth: Authenticator, ready: dict[str, object]) -> web.Application:
+    app = web.Application(
+        middlewares=[error_middleware],
+        client_max_size=store.settings.storage.json_body_max_bytes,
+    )
+    app[STORE] = store
+    app[AUTH] = auth
+    app[READY] = ready
+    add_routes(app)
+    return app

