@@ -35,6 +35,7 @@ class Daemon:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         os.makedirs(settings.state_dir, mode=0o711, exist_ok=True)
+        _check_traversable(settings.state_dir)
         self._lock_fd = _take_lock(os.path.join(settings.state_dir, "sandboxd.lock"))
         try:
             self.policy = Policy(settings.jail_configs_dir, settings.nsjail_path or default_nsjail_path())
@@ -54,6 +55,18 @@ class Daemon:
         await self.store.close()
         self.cgroups.teardown()
         os.close(self._lock_fd)
+
+
+def _check_traversable(path: str) -> None:
+    """nsjail binds session directories as the jail's uid, which must be able to reach them."""
+    path = os.path.abspath(path)
+    while True:
+        if not os.stat(path).st_mode & 0o001:
+            raise ConfigError(f"state_dir must be reachable by other users: {path} lacks o+x")
+        parent = os.path.dirname(path)
+        if parent == path:
+            return
+        path = parent
 
 
 def _take_lock(path: str) -> int:
@@ -88,7 +101,11 @@ def build_app(settings: Settings) -> web.Application:
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         daemon = holder["daemon"]
-        await self_test(daemon)
+        try:
+            await self_test(daemon)
+        except BaseException:
+            await daemon.close()
+            raise
         sweeper = asyncio.create_task(_sweep_forever(daemon))
         ready["ok"] = True
         notify("READY=1")

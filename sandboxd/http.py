@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -57,6 +58,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
+        if exc.status == 404:  # an unknown route looks like an unknown ID: nothing to probe
+            nf = NotFound()
+            return _error(404, nf.code, nf.message)
         return _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
     except asyncio.CancelledError:
         raise
@@ -90,8 +94,25 @@ async def exec_code(request: web.Request) -> web.Response:
     return _json(reply)
 
 
-async def _stream_part(store: SessionStore, session: Session, part: BodyPartReader, limit: int) -> StoredFile:
+def _part_filename(part: BodyPartReader) -> str:
+    """The client's file name. Some multipart writers (aiohttp's among them) percent-encode
+    it, so `input%2Fscores.csv` means the nested path; the name is validated afterwards."""
     name = part.filename or ""
+    if re.search(r"%[0-9A-Fa-f]{2}", name):
+        name = urllib.parse.unquote(name, errors="strict") if _utf8_escapes(name) else name
+    return name
+
+
+def _utf8_escapes(name: str) -> bool:
+    try:
+        urllib.parse.unquote(name, errors="strict")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+async def _stream_part(store: SessionStore, session: Session, part: BodyPartReader, limit: int) -> StoredFile:
+    name = _part_filename(part)
     fd, parts = store.open_upload(session, name)
     written = 0
     try:
@@ -147,7 +168,7 @@ async def upload_batch(request: web.Request) -> web.Response:
             if part.name != "file":
                 await part.release()
                 continue
-            name = part.filename or ""
+            name = _part_filename(part)
             if len(results) >= store.settings.storage.upload_files_max:
                 raise BadRequest("too many files in one upload")
             try:
@@ -244,10 +265,6 @@ async def object_info(request: web.Request) -> web.Response:
 async def delete_file(request: web.Request) -> web.Response:
     await request.app[STORE].delete_file(request.match_info["sid"], request.match_info["fid"], _owner(request))
     return _json({"message": "success"})
-
-
-async def not_found(request: web.Request) -> web.Response:
-    raise NotFound("No such route")
 
 
 def add_routes(app: web.Application) -> None:

@@ -46,7 +46,9 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
 class Storage(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Per-session tmpfs sizes and the global budget across sessions."""
 
-    session_max_bytes: Annotated[int, Meta(ge=1 * MiB)] = 512 * MiB
+    # tmpfs pages count against the memory cgroup of the run that wrote them: keep this
+    # well below limits.memory_max_bytes so a full session still leaves room to compute.
+    session_max_bytes: Annotated[int, Meta(ge=1 * MiB)] = 256 * MiB
     session_max_inodes: Annotated[int, Meta(ge=64)] = 10000
     storage_max_bytes: Annotated[int, Meta(ge=1 * MiB)] = 4 * GiB
     sessions_max: Annotated[int, Meta(ge=1)] = 2000

@@ -226,7 +226,8 @@ def copy_into(src_fd: int, dst_fd: int, size: int) -> None:
     """Copy exactly `size` bytes (the size fstat reported when src was opened)."""
     offset = 0
     while offset < size:
-        n = os.copy_file_range(src_fd, dst_fd, size - offset, offset, offset)
+        # In-kernel copy; copy_file_range refuses to cross mounts (EXDEV), sendfile does not.
+        n = os.sendfile(dst_fd, src_fd, offset, size - offset)
         if n == 0:
             break  # the source shrank underneath us: keep what was there
         offset += n

@@ -1,0 +1,87 @@
+"""Pure parts of the cgroup code. The v1 path runs for real in tests/jail; v2 cannot be
+exercised on hosts without a unified hierarchy, so its file handling is checked here against
+a directory tree laid out like a delegated cgroup v2 subtree."""
+
+from pathlib import Path
+
+import pytest
+
+from sandboxd.cgroups import (
+    CgroupLimits,
+    CgroupV2,
+    detect_cgroups,
+    parse_keyed,
+    parse_self_cgroup_v2,
+    v1_limit_files,
+    v2_limit_files,
+)
+from sandboxd.errors import ConfigError
+
+LIMITS = CgroupLimits(memory_max_bytes=512 * 1024 * 1024, pids_max=128, cpu_max_cores=1.5)
+
+
+def test_v2_limits_disable_swap_and_use_100ms_period() -> None:
+    files = dict(v2_limit_files(LIMITS))
+    assert files == {"memory.max": "536870912", "memory.swap.max": "0", "pids.max": "128",
+                     "cpu.max": "150000 100000"}
+
+
+def test_v1_limits_set_memsw_equal_to_memory() -> None:
+    files = {(c, f): v for c, f, v in v1_limit_files(LIMITS)}
+    assert files[("memory", "memory.limit_in_bytes")] == files[("memory", "memory.memsw.limit_in_bytes")]
+    assert files[("cpu", "cpu.cfs_quota_us")] == "150000"
+    assert files[("pids", "pids.max")] == "128"
+
+
+def test_parse_keyed_reads_event_files() -> None:
+    assert parse_keyed("low 0\nhigh 0\nmax 3\noom 1\noom_kill 2\n") == {
+        "low": 0, "high": 0, "max": 3, "oom": 1, "oom_kill": 2}
+    assert parse_keyed("oom_kill_disable 0\nunder_oom 0\noom_kill 1\n")["oom_kill"] == 1
+
+
+def test_parse_self_cgroup_finds_unified_entry() -> None:
+    text = "12:pids:/x\n1:name=systemd:/system.slice/sandboxd.service\n0::/system.slice/sandboxd.service\n"
+    assert parse_self_cgroup_v2(text) == "/system.slice/sandboxd.service"
+    with pytest.raises(ConfigError):
+        parse_self_cgroup_v2("12:pids:/x\n")
+
+
+def _fake_v2(tmp_path: Path, controllers: str) -> Path:
+    base = tmp_path / "system.slice" / "sandboxd.service"
+    base.mkdir(parents=True)
+    (tmp_path / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    (base / "cgroup.controllers").write_text(controllers)
+    (base / "cgroup.procs").write_text("")
+    (base / "cgroup.subtree_control").write_text("")
+    return base
+
+
+def test_v2_setup_refuses_without_delegated_controllers(tmp_path: Path) -> None:
+    _fake_v2(tmp_path, "cpu\n")
+    cg = CgroupV2("sandboxd", root=str(tmp_path), self_cgroup="/system.slice/sandboxd.service")
+    with pytest.raises(ConfigError, match="Delegate=yes"):
+        cg.setup()
+
+
+def test_v2_setup_enables_controllers_and_places_runs_under_own_child(tmp_path: Path) -> None:
+    base = _fake_v2(tmp_path, "cpu memory pids\n")
+    cg = CgroupV2("jails", root=str(tmp_path), self_cgroup="/system.slice/sandboxd.service")
+    # A real cgroupfs creates the interface files itself; mkdir here only makes directories.
+    jails = base / "jails"
+    jails.mkdir()
+    (jails / "cgroup.subtree_control").write_text("")
+    cg.setup()
+    assert (base / "supervisor").is_dir()
+    assert (base / "cgroup.subtree_control").read_text() == "+memory +pids +cpu"
+    assert (jails / "cgroup.subtree_control").read_text() == "+memory +pids +cpu"
+    assert cg.jails == str(jails)
+
+
+def test_detect_prefers_v2_when_unified_root(tmp_path: Path) -> None:
+    (tmp_path / "cgroup.controllers").write_text("memory pids cpu\n")
+    assert detect_cgroups("x", root=str(tmp_path)).version == 2
+
+
+def test_detect_refuses_without_cgroups(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        detect_cgroups("x", root=str(tmp_path))
