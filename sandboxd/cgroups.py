@@ -127,11 +127,14 @@ def _pids(procs_file: str) -> list[int]:
     return [int(p) for p in _read(procs_file).split() if p.isdigit()]
 
 
-def _kill_loop(procs_file: str, deadline_s: float = 5.0) -> None:
-    """SIGKILL every process in the group until none is left (a fork bomb re-spawns)."""
+def _kill_loop(procs_file: str, deadline_s: float = 5.0, spare: int | None = None) -> None:
+    """SIGKILL every process in the group until none is left (a fork bomb re-spawns).
+
+    `spare` is the nsjail supervisor: it reaps the jail's pid 1 itself once that dies, whereas
+    killing it first would orphan the jail's processes to the host's init to be reaped late."""
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
-        pids = _pids(procs_file)
+        pids = [p for p in _pids(procs_file) if p != spare]
         if not pids:
             return
         for pid in pids:
@@ -159,8 +162,13 @@ class RunCgroup(Protocol):
     @property
     def procs_files(self) -> tuple[str, ...]: ...
     def stats(self) -> CgroupStats: ...
-    def kill_all(self) -> None: ...
+    def kill_all(self, spare: int | None = None) -> None: ...
     def remove(self) -> None: ...
+
+    def tasks_left(self) -> int:
+        """Tasks not yet released. A killed process leaves cgroup.procs at once but counts in
+        pids.current until it is reaped, so 0 here means no zombie of the run is left either."""
+        ...
 
 
 class CgroupManager(Protocol):
@@ -189,8 +197,11 @@ class _V1Run:
             cpu_time_ns=_read_int(os.path.join(cpuacct, "cpuacct.usage")),
         )
 
-    def kill_all(self) -> None:
-        _kill_loop(os.path.join(self.dirs["pids"], "cgroup.procs"))
+    def kill_all(self, spare: int | None = None) -> None:
+        _kill_loop(os.path.join(self.dirs["pids"], "cgroup.procs"), spare=spare)
+
+    def tasks_left(self) -> int:
+        return _read_int(os.path.join(self.dirs["pids"], "pids.current"))
 
     def remove(self) -> None:
         self.kill_all()
@@ -273,14 +284,17 @@ class _V2Run:
             cpu_time_ns=cpu.get("usage_usec", 0) * 1000,
         )
 
-    def kill_all(self) -> None:
+    def kill_all(self, spare: int | None = None) -> None:
         kill_file = os.path.join(self.path, "cgroup.kill")
-        if os.path.exists(kill_file):
+        if spare is None and os.path.exists(kill_file):
             try:
                 _write(kill_file, "1")
             except OSError:
                 pass
-        _kill_loop(os.path.join(self.path, "cgroup.procs"))
+        _kill_loop(os.path.join(self.path, "cgroup.procs"), spare=spare)
+
+    def tasks_left(self) -> int:
+        return _read_int(os.path.join(self.path, "pids.current"))
 
     def remove(self) -> None:
         self.kill_all()

@@ -41,6 +41,8 @@ def cmd_serve(ns: argparse.Namespace) -> int:
         access_log=None,
         print=lambda *_: None,
         handle_signals=True,
+        # A client that hangs up cancels its run: the jail is killed and reaped at once.
+        handler_cancellation=True,
     )
     return 0
 

@@ -29,6 +29,7 @@ __all__ = ["RunLimits", "RunResult", "Runner", "classify"]
 log = logging.getLogger(__name__)
 LOG_KEEP_BYTES = 64 * 1024
 DRAIN_AFTER_EXIT_S = 2.0
+SUPERVISOR_EXIT_S = 2.0  # how long nsjail gets to exit once its jail is killed
 _LAUNCH_FAILURE_MARKERS = ("Couldn't launch the child process", "Launching child process failed")
 
 
@@ -89,6 +90,16 @@ def classify(
     return "error", None, sig_name
 
 
+async def _until_released(cg: RunCgroup, deadline_s: float = 5.0) -> None:
+    end = time.monotonic() + deadline_s
+    while cg.tasks_left() > 0:
+        if time.monotonic() > end:
+            log.warning("run cgroup still holds %d tasks after kill", cg.tasks_left())
+            return
+        cg.kill_all()
+        await asyncio.sleep(0.002)
+
+
 def _join_cgroup(procs_files: tuple[str, ...]) -> Callable[[], None]:
     payload = b"0"  # "0" moves the writing process
 
@@ -110,7 +121,8 @@ class Runner:
         self.src_root = os.path.join(state_dir, "src")
         os.makedirs(self.src_root, mode=0o711, exist_ok=True)
         self._seq = itertools.count(1)
-        self._live: dict[int, RunCgroup] = {}
+        # Runs in flight: their cgroup and the pid of their nsjail supervisor.
+        self._live: dict[int, tuple[RunCgroup, list[int]]] = {}
 
     def clean_stale(self) -> None:
         """Per-run source directories left by a crashed instance."""
@@ -119,8 +131,8 @@ class Runner:
 
     def kill_all(self) -> None:
         """Daemon shutdown: end every run in flight (their tasks then reap and clean up)."""
-        for cg in list(self._live.values()):
-            cg.kill_all()
+        for cg, supervisor in list(self._live.values()):
+            cg.kill_all(spare=supervisor[0] if supervisor else None)
 
     async def run(
         self,
@@ -152,9 +164,11 @@ class Runner:
                     cpu_max_cores=limits.cpu_max_cores,
                 ),
             )
-            self._live[seq] = cg
+            supervisor: list[int] = []
+            self._live[seq] = (cg, supervisor)
             try:
-                return await self._run_in(cg, profile, program, src_dir, session_dir, outside_uid, limits)
+                return await self._run_in(cg, supervisor, profile, program, src_dir, session_dir, outside_uid,
+                                          limits)
             finally:
                 del self._live[seq]
                 await asyncio.to_thread(cg.remove)
@@ -164,6 +178,7 @@ class Runner:
     async def _run_in(
         self,
         cg: RunCgroup,
+        supervisor: list[int],
         profile: str,
         program: list[str],
         src_dir: str,
@@ -204,6 +219,8 @@ class Runner:
             raise
         finally:
             os.close(log_w)
+        supervisor.append(proc.pid)
+        spare = proc.pid
 
         loop = asyncio.get_running_loop()
         log_reader = asyncio.StreamReader(limit=LOG_KEEP_BYTES)
@@ -218,7 +235,7 @@ class Runner:
                 sink.feed(chunk)
                 if kill_at is not None and sink.total > kill_at and not output_killed.is_set():
                     output_killed.set()
-                    cg.kill_all()
+                    cg.kill_all(spare=spare)
 
         pumps = [
             asyncio.ensure_future(pump(proc.stdout, stdout, limits.stream_kill_bytes)),
@@ -231,22 +248,29 @@ class Runner:
                 await asyncio.wait_for(proc.wait(), timeout=limits.wall_timeout_s)
             except TimeoutError:
                 timed_out = True
-                cg.kill_all()
-                await proc.wait()
+                cg.kill_all(spare=spare)
+                try:
+                    await asyncio.wait_for(proc.wait(), timeout=SUPERVISOR_EXIT_S)
+                except TimeoutError:  # nsjail itself stuck: the last resort
+                    proc.kill()
+                    await proc.wait()
             wall_s = time.monotonic() - started
-            # The jail's pid 1 is gone, so its namespace is gone; sweep the cgroup anyway.
+            # The jail's pid 1 is gone, so its namespace is gone; sweep the cgroup anyway and
+            # wait until every task of the run is reaped, not just dead.
             cg.kill_all()
+            await _until_released(cg)
             done, pending = await asyncio.wait(pumps, timeout=DRAIN_AFTER_EXIT_S)
             for task in pending:
                 task.cancel()
         finally:
             if proc.returncode is None:  # cancelled: kill, then reap before leaving
-                cg.kill_all()
+                cg.kill_all(spare=spare)
                 try:
+                    await asyncio.wait_for(asyncio.shield(proc.wait()), timeout=SUPERVISOR_EXIT_S)
+                except TimeoutError:
                     proc.kill()
-                except ProcessLookupError:
-                    pass
-                await asyncio.shield(proc.wait())
+                    await asyncio.shield(proc.wait())
+                await _until_released(cg)
             for task in pumps:
                 task.cancel()
             log_transport.close()

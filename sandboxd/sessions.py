@@ -9,15 +9,16 @@ retired (404, which LibreChat recovers from by re-uploading) rather than pointin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import math
 import mimetypes
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from . import workspace
 from .admission import Admission
@@ -32,9 +33,22 @@ from .workspace import Sig
 __all__ = ["StoredFile", "Session", "SessionStore"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 WALK_MAX_ENTRIES = 20000
 ARGS_MAX = 256
 ARG_MAX_BYTES = 64 * 1024
+
+
+async def _in_thread(fn: Callable[..., T], *args: object) -> T:
+    """Run blocking file work in a thread; if the caller is cancelled, still wait for the
+    thread to finish before the session lock is released (it mutates that session)."""
+    task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await task
+        raise
 
 
 def content_type_of(name: str) -> str:
@@ -287,7 +301,7 @@ class SessionStore:
                 raise NotFound()
             known = s.known.get(f.name)
             if known is not None and known.file_id == fid:
-                await asyncio.to_thread(workspace.unlink_name, s.fd, f.parts)
+                await _in_thread(workspace.unlink_name, s.fd, f.parts)
                 del s.known[f.name]
             self._retire(s, fid)
             self._touch(s)
@@ -350,7 +364,7 @@ class SessionStore:
                 async with s.lock:
                     if s.closed:
                         raise NotFound()
-                    await asyncio.to_thread(self._place_inputs, s, inputs)
+                    await _in_thread(self._place_inputs, s, inputs)
                     result = await self.runner.run(
                         profile=recipe.profile,
                         program=recipe.argv(args),
@@ -360,7 +374,7 @@ class SessionStore:
                         outside_uid=s.uid,
                         limits=limits,
                     )
-                    found = await asyncio.to_thread(
+                    found = await _in_thread(
                         workspace.walk, s.fd, WALK_MAX_ENTRIES, self.settings.limits.file_max_bytes
                     )
                     files, deleted = self._diff(s, found)
