@@ -20,9 +20,15 @@ __all__ = ["main"]
 MPL_CACHE_DIR = "/opt/sandboxd/mplconfig"
 
 
+DEFAULT_CONFIG = "/etc/sandboxd/sandboxd.toml"
+
+
 def _settings(ns: argparse.Namespace) -> Settings:
+    config = getattr(ns, "config", None)
+    if config is None and os.path.exists(DEFAULT_CONFIG):
+        config = DEFAULT_CONFIG
     return load_settings(
-        getattr(ns, "config", None),
+        config,
         host=getattr(ns, "host", None),
         port=getattr(ns, "port", None),
     )
@@ -99,8 +105,23 @@ def cmd_doctor(ns: argparse.Namespace) -> int:
     return 0 if good else 1
 
 
+def _side_settings(settings: Settings, purpose: str) -> Settings:
+    """Settings for a one-off jail run beside a possibly running daemon: its own state
+    directory and cgroup, so neither the lock nor the startup cleanup touches the daemon's."""
+    import msgspec
+    import tempfile
+
+    parent = os.path.dirname(os.path.abspath(settings.state_dir))
+    os.makedirs(parent, mode=0o711, exist_ok=True)
+    state = tempfile.mkdtemp(prefix=f".{purpose}-", dir=parent)
+    os.chmod(state, 0o711)
+    return msgspec.structs.replace(settings, state_dir=state, cgroup_name=f"{settings.cgroup_name}-{purpose}")
+
+
 def _doctor_jail_run(settings: Settings) -> tuple[bool, str, str]:
     from .daemon import Daemon, self_test
+
+    settings = _side_settings(settings, "doctor")
 
     async def go() -> None:
         daemon = Daemon(settings)
@@ -108,6 +129,7 @@ def _doctor_jail_run(settings: Settings) -> tuple[bool, str, str]:
             await self_test(daemon)
         finally:
             await daemon.close()
+            shutil.rmtree(settings.state_dir, ignore_errors=True)
 
     try:
         asyncio.run(go())
@@ -118,10 +140,11 @@ def _doctor_jail_run(settings: Settings) -> tuple[bool, str, str]:
 
 def cmd_warm_cache(ns: argparse.Namespace) -> int:
     """Build matplotlib's font cache inside a real jail (so its paths are the jail's)."""
+    from . import workspace
     from .daemon import Daemon
     from .schemas import ExecRequest
 
-    settings = _settings(ns)
+    settings = _side_settings(_settings(ns), "warm-cache")
     code = (
         "import os\nos.environ['MPLCONFIGDIR'] = '/mnt/data/mpl'\n"
         "import matplotlib.font_manager\nprint(sorted(os.listdir('/mnt/data/mpl')))\n"
@@ -134,16 +157,23 @@ def cmd_warm_cache(ns: argparse.Namespace) -> int:
             if reply.status != "ok":
                 raise ConfigError(f"font cache build failed: {reply.stderr[-1000:]}")
             s = daemon.store.sessions[reply.session_id]
-            src = os.path.join(s.path, "mpl")
             os.makedirs(MPL_CACHE_DIR, mode=0o755, exist_ok=True)
-            for name in os.listdir(src):
-                if name.startswith("fontlist-") and name.endswith(".json"):
-                    dst = os.path.join(MPL_CACHE_DIR, name)
-                    shutil.copyfile(os.path.join(src, name), dst)  # copied out as root, now root-owned
-                    os.chmod(dst, 0o644)
+            # Read what the jail wrote the safe way (no links, regular files only).
+            for name in workspace.walk(s.fd, 100, 64 << 20):
+                base = name.rsplit("/", 1)[-1]
+                if name.startswith("mpl/") and base.startswith("fontlist-") and base.endswith(".json"):
+                    fd, st = workspace.open_regular(s.fd, tuple(name.split("/")), 64 << 20)
+                    with os.fdopen(fd, "rb") as src:
+                        data = src.read(st.st_size)
+                    dst = os.path.join(MPL_CACHE_DIR, base)
+                    with open(dst + ".tmp", "wb") as out:
+                        out.write(data)
+                    os.chmod(dst + ".tmp", 0o644)
+                    os.replace(dst + ".tmp", dst)
                     print(f"font cache: {dst}")
         finally:
             await daemon.close()
+            shutil.rmtree(settings.state_dir, ignore_errors=True)
 
     asyncio.run(go())
     return 0

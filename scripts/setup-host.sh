@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Installs everything sandboxd needs on a Debian 12 / Ubuntu host, as root.
-# Idempotent: re-running it only fills in what is missing.
-#   PREFIX        where the daemon and the jail runtimes live (default /opt/sandboxd)
+# Idempotent: re-running it refreshes the daemon and fills in what is missing.
 set -euo pipefail
 
-PREFIX=${PREFIX:-/opt/sandboxd}
+# The jail profiles name these paths, so the prefix is fixed.
+PREFIX=/opt/sandboxd
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # Always Debian's interpreter: a python3 earlier on root's PATH may live under /root,
 # which the jail must never see.
@@ -13,8 +13,8 @@ export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1
 
 if [ "$(id -u)" -ne 0 ]; then echo "setup-host.sh must run as root" >&2; exit 1; fi
 
-apt_pkgs=(python3 python3-venv python3-dev ca-certificates bash coreutils util-linux
-          fonts-dejavu-core libfreetype6 iproute2)
+apt_pkgs=(python3 python3-venv python3-dev ca-certificates bash coreutils util-linux procps
+          fonts-dejavu-core libfreetype6)
 missing=()
 for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -36,13 +36,16 @@ if [ ! -x "$JAIL_VENV/bin/python" ]; then "$SYS_PY" -m venv "$JAIL_VENV"; fi
 # Jailed code runs as a uid that owns none of this: make it world-readable, root-writable.
 chmod -R go+rX,go-w "$JAIL_VENV"
 
-# 3. Files the jail binds read-only: the matplotlib backend that saves plt.show() figures.
-install -d -m 0755 "$PREFIX/jail-lib"
+# 3. The jail policy (what nsjail loads) and the files jails bind read-only: the matplotlib
+#    backend that saves plt.show() figures and the start-up hook that seeds its font cache.
+install -d -m 0755 "$PREFIX/jail-configs" "$PREFIX/jail-lib"
+install -m 0644 "$REPO/jail-configs/"*.cfg "$REPO/jail-configs/"*.kafel "$PREFIX/jail-configs/"
 install -m 0644 "$REPO/jail-configs/python-lib/"*.py "$PREFIX/jail-lib/"
+install -m 0644 "$REPO/README.md" "$PREFIX/README.md"
 
 # 4. State directories (session mounts live under run/, never inside a jail's view).
 install -d -m 0711 "$PREFIX/run"
 
 # 5. The matplotlib font cache, built inside a real jail so its paths are the jail's.
-"$PREFIX/venv/bin/sandboxd" warm-cache --prefix "$PREFIX"
+"$PREFIX/venv/bin/sandboxd" warm-cache
 echo "sandboxd installed under $PREFIX"

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what the tests need and runs the whole suite (unit, HTTP, real jail, end to end
+# with LibreChat's own client package). Run as root from a checkout: sudo ./scripts/test.sh
+set -euo pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# The runtime the jails use (apt packages, sandbox venv, font cache) is the product's own.
+"$REPO/scripts/setup-host.sh"
+
+# Node.js and npm for the end-to-end tests with @librechat/agents.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends nodejs npm
+fi
+
+# A test environment from Debian's python3 with this checkout installed editable.
+if [ ! -x .venv/bin/python ]; then /usr/bin/python3 -m venv .venv; fi
+.venv/bin/pip install -q --upgrade pip
+.venv/bin/pip install -q -e ".[test]"
+.venv/bin/mypy
+exec .venv/bin/python -m pytest -q "$@"
