@@ -1,0 +1,146 @@
+"""The daemon as an operator runs it: `sandboxd serve`, SIGTERM, a crash, `doctor`, `policy show`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandboxd.settings import load_settings
+
+from tests.conftest import JAIL_CONFIGS, LiveDaemon, state_dir_for
+
+pytestmark = pytest.mark.jail
+
+
+def post_exec(url: str, code: str, lang: str = "bash", timeout_s: float = 60) -> dict[str, Any]:
+    req = urllib.request.Request(url + "/exec", data=json.dumps({"lang": lang, "code": code}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout_s) as r:
+        body: dict[str, Any] = json.loads(r.read())
+        return body
+
+
+def leftovers(daemon: LiveDaemon) -> tuple[list[str], list[Path]]:
+    state = state_dir_for(daemon.tmp)
+    mounts = [line for line in Path("/proc/self/mounts").read_text().splitlines() if state in line]
+    name = f"sandboxd-live-{os.getpid()}-{daemon.port}"
+    cgroups = [p for p in Path("/sys/fs/cgroup").glob(f"*/{name}/run-*")]
+    return mounts, cgroups
+
+
+def jail_processes(uid_base: int = 300000, uid_count: int = 60000) -> list[int]:
+    out = subprocess.run(["ps", "-eo", "pid=,uid="], capture_output=True, text=True, check=True).stdout
+    return [int(p) for p, u in (line.split() for line in out.splitlines()) if uid_base <= int(u) < uid_base + uid_count]
+
+
+def test_sigterm_ends_runs_and_leaves_nothing(tmp_path: Path) -> None:
+    daemon = LiveDaemon(tmp_path)
+    result: dict[str, Any] = {}
+
+    def long_run() -> None:
+        try:
+            result["body"] = post_exec(daemon.url, "echo started; sleep 25; echo never")
+        except (urllib.error.URLError, ConnectionError) as exc:
+            result["error"] = exc
+
+    t = threading.Thread(target=long_run)
+    t.start()
+    time.sleep(1.0)
+    assert jail_processes(), "the run should be in flight"
+    started = time.monotonic()
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert daemon.proc.wait(timeout=20) == 0
+    assert time.monotonic() - started < 10
+    t.join(timeout=10)
+    if "body" in result:  # the in-flight run was ended, not completed
+        assert "never" not in result["body"]["stdout"]
+    assert leftovers(daemon) == ([], [])
+    assert jail_processes() == []
+    daemon.stop()
+
+
+def test_crash_leftovers_are_cleaned_by_the_next_start(tmp_path: Path) -> None:
+    first = LiveDaemon(tmp_path)
+    t = threading.Thread(target=lambda: _swallow(post_exec, first.url, "sleep 25"))
+    t.start()
+    time.sleep(1.0)
+    first.proc.send_signal(signal.SIGKILL)  # a crash: no cleanup at all
+    first.proc.wait()
+    t.join(timeout=10)
+    mounts, cgroups = leftovers(first)
+    assert mounts and cgroups, "a crash should leave its mounts and cgroups (else this test proves nothing)"
+
+    # Same state dir and cgroup name: the next instance removes exactly those leftovers.
+    config = tmp_path / "sandboxd.toml"
+    proc = subprocess.Popen([sys.executable, "-m", "sandboxd", "serve", "--config", str(config)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(first.url + "/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        mounts, cgroups = leftovers(first)
+        assert cgroups == [] and mounts == []
+        deadline = time.monotonic() + 5
+        while jail_processes() and time.monotonic() < deadline:
+            time.sleep(0.1)  # killed jails are reaped by the host's init
+        assert jail_processes() == []
+        assert post_exec(first.url, "print('after crash')", lang="py")["stdout"] == "after crash\n"
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=20) == 0
+        first.log.close()
+    assert leftovers(first) == ([], [])
+
+
+def _swallow(fn: Any, *args: Any) -> None:
+    try:
+        fn(*args)
+    except Exception:
+        pass
+
+
+def test_doctor_passes_here_and_names_what_is_missing(tmp_path: Path) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text(f'state_dir = "{state_dir_for(tmp_path)}"\njail_configs_dir = "{JAIL_CONFIGS}"\n')
+    ok = subprocess.run([sys.executable, "-m", "sandboxd", "doctor", "--config", str(good)],
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "[ok] a real jail runs Python" in ok.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f'state_dir = "{state_dir_for(tmp_path)}"\njail_configs_dir = "/nonexistent"\n'
+                   'nsjail_path = "/nonexistent/nsjail"\n')
+    res = subprocess.run([sys.executable, "-m", "sandboxd", "doctor", "--config", str(bad)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0
+    assert "[FAIL] nsjail at /nonexistent/nsjail" in res.stdout
+    assert "[FAIL] jail profiles" in res.stdout
+
+
+def test_serve_refuses_an_open_listener_without_auth(tmp_path: Path) -> None:
+    res = subprocess.run([sys.executable, "-m", "sandboxd", "serve", "--host", "0.0.0.0", "--port", "0"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "without authentication" in res.stderr
+
+
+def test_policy_show_prints_what_the_runner_uses(tmp_path: Path) -> None:
+    cfg = tmp_path / "p.toml"
+    cfg.write_text(f'jail_configs_dir = "{JAIL_CONFIGS}"\nuid_base = 400000\n')
+    out = subprocess.run([sys.executable, "-m", "sandboxd", "policy", "show", "--config", str(cfg)],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    assert "--user 1000:400000:1" in out and "clone_newnet: true" in out and "POLICY sandboxd_deny" in out
+    assert load_settings(str(cfg)).uid_base == 400000
