@@ -316,3 +316,14 @@ async def test_client_disconnect_kills_and_reaps_the_run(client: Any) -> None:
     assert not store.runner._live  # its cgroup is gone
     twin = await run(client, "echo still fine", lang="bash")
     assert twin["stdout"] == "still fine\n"
+
+
+async def test_output_flood_is_killed_with_output_limit(make_client: Any) -> None:
+    client = await make_client(limits={"stream_kill_bytes": 4 * MiB, "stream_keep_bytes": 64 * 1024})
+    started = time.monotonic()
+    body = await run(client, "import sys\nwhile True:\n    sys.stdout.write('z' * 65536)\n")
+    assert body["status"] == "output_limit" and "4 MiB" in body["message"]
+    assert time.monotonic() - started < 10
+    assert len(body["stdout"]) <= 64 * 1024 + 200
+    twin = await run(client, f"print('q' * {2 * MiB})")
+    assert twin["status"] == "ok"
