@@ -90,6 +90,8 @@ async def exec_code(request: web.Request) -> web.Response:
         raise BadRequest(f"Invalid request: {exc}") from None
     except msgspec.DecodeError as exc:
         raise BadRequest(f"Malformed JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("Malformed JSON: nested too deeply") from None
     reply = await request.app[STORE].execute(req, owner)
     return _json(reply)
 

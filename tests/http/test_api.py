@@ -62,6 +62,14 @@ async def test_malformed_json_is_400(client: Any) -> None:
     assert resp.status == 400 and "error" in await resp.json()
 
 
+async def test_deeply_nested_json_is_400_and_harmless(client: Any) -> None:
+    body = b'{"lang": "py", "code": "print(1)", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    resp = await client.post("/exec", data=body, headers={"Content-Type": "application/json"})
+    assert resp.status == 400 and "nested" in (await resp.json())["message"]
+    status, ok = await exec_(client, lang="py", code="print(1)", x=[[[1]]])
+    assert status == 200 and ok["stdout"] == "1\n"
+
+
 async def test_oversized_json_body_is_413(make_client: Any) -> None:
     client = await make_client(storage={"json_body_max_bytes": 64 * 1024})
     resp = await client.post("/exec", json={"lang": "py", "code": "#" + "x" * 100_000})
