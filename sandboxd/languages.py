@@ -22,6 +22,14 @@ class Recipe(msgspec.Struct, frozen=True, kw_only=True):
     source_name: str
     # argv to run; "{src}" is replaced by the source path inside the jail; args follow.
     run: tuple[str, ...]
+    # Extra environment (KEY=VALUE) on top of the profile's allowlist.
+    env: tuple[str, ...] = ()
+    # Per-language floors: a runtime that cannot work below these (the JVM's threads, say)
+    # gets at least this much whatever the server default (see sessions._limits).
+    memory_max_bytes: int | None = None
+    pids_max: int | None = None
+    # Added to the wall limit for languages that compile first.
+    compile_time_s: float = 0.0
 
     def argv(self, args: list[str]) -> list[str]:
         src = f"{SOURCE_DIR}/{self.source_name}"

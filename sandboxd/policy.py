@@ -47,6 +47,7 @@ class JailRun(msgspec.Struct, frozen=True, kw_only=True):
     open_files_max: int
     log_fd: int
     program: tuple[str, ...]
+    env: tuple[str, ...] = ()
 
 
 class Policy:
@@ -99,6 +100,7 @@ class Policy:
             # After the config's mounts, so these land on top of its tmpfs /tmp.
             "--bindmount", f"{run.session_dir}:{SESSION_MOUNT}",
             "--bindmount_ro", f"{run.source_dir}:{SOURCE_DIR}",
+            *(item for kv in run.env for item in ("--env", kv)),
             "--",
             *run.program,
         ]

@@ -144,6 +144,7 @@ class Runner:
         session_dir: str,
         outside_uid: int,
         limits: RunLimits,
+        env: tuple[str, ...] = (),
     ) -> RunResult:
         seq = next(self._seq)
         run_name = f"run-{os.getpid()}-{seq}"
@@ -167,8 +168,8 @@ class Runner:
             supervisor: list[int] = []
             self._live[seq] = (cg, supervisor)
             try:
-                return await self._run_in(cg, supervisor, profile, program, src_dir, session_dir, outside_uid,
-                                          limits)
+                return await self._run_in(cg, supervisor, profile, program, env, src_dir, session_dir,
+                                          outside_uid, limits)
             finally:
                 del self._live[seq]
                 await asyncio.to_thread(cg.remove)
@@ -181,6 +182,7 @@ class Runner:
         supervisor: list[int],
         profile: str,
         program: list[str],
+        env: tuple[str, ...],
         src_dir: str,
         session_dir: str,
         outside_uid: int,
@@ -198,6 +200,7 @@ class Runner:
                 open_files_max=limits.open_files_max,
                 log_fd=log_w,
                 program=tuple(program),
+                env=env,
             )
         )
         stdout, stderr = HeadTail(limits.stream_keep_bytes), HeadTail(limits.stream_keep_bytes)

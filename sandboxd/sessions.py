@@ -24,7 +24,7 @@ from . import workspace
 from .admission import Admission
 from .errors import BadRequest, InputsUnavailable, NotFound, Unavailable
 from .ids import is_valid_id, new_id, redact
-from .languages import resolve
+from .languages import Recipe, resolve
 from .runner import Runner, RunLimits, RunResult
 from .schemas import ExecReply, ExecRequest, FileRef, ObjectInfo, OutFile
 from .settings import Settings
@@ -308,15 +308,16 @@ class SessionStore:
 
     # ---- /exec -----------------------------------------------------------------------------
 
-    def _limits(self, timeout_ms: float | None) -> RunLimits:
+    def _limits(self, recipe: Recipe, timeout_ms: float | None) -> RunLimits:
+        """The server's limits, adjusted for the language, lowered (never raised) by the request."""
         lim = self.settings.limits
         wall = lim.wall_timeout_s
         if timeout_ms is not None:
             wall = min(wall, max(0.1, timeout_ms / 1000.0))
         return RunLimits(
-            wall_timeout_s=wall,
-            memory_max_bytes=lim.memory_max_bytes,
-            pids_max=lim.pids_max,
+            wall_timeout_s=wall + recipe.compile_time_s,
+            memory_max_bytes=max(lim.memory_max_bytes, recipe.memory_max_bytes or 0),
+            pids_max=max(lim.pids_max, recipe.pids_max or 0),
             cpu_max_cores=lim.cpu_max_cores,
             stream_keep_bytes=lim.stream_keep_bytes,
             stream_kill_bytes=lim.stream_kill_bytes,
@@ -347,7 +348,7 @@ class SessionStore:
         if "\0" in req.code:
             raise BadRequest("code contains a NUL byte")
         inputs = self._resolve_inputs(req.files or [], owner)
-        limits = self._limits(req.timeout)
+        limits = self._limits(recipe, req.timeout)
 
         async with self.admission.slot():
             s = None
@@ -373,6 +374,7 @@ class SessionStore:
                         session_dir=s.path,
                         outside_uid=s.uid,
                         limits=limits,
+                        env=recipe.env,
                     )
                     found = await _in_thread(
                         workspace.walk, s.fd, WALK_MAX_ENTRIES, self.settings.limits.file_max_bytes
