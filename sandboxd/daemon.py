@@ -40,7 +40,8 @@ class Daemon:
         try:
             self.policy = Policy(settings.jail_configs_dir, settings.nsjail_path or default_nsjail_path())
             for profile in sorted({r.profile for r in RECIPES.values()}):
-                self.policy.check_profile(profile)
+                self.policy.check_profile(profile, settings.state_dir)
+                self.policy.check_submounts(profile)
             self.cgroups: CgroupManager = detect_cgroups(settings.cgroup_name)
             self.cgroups.setup()
             self.runner = Runner(self.policy, self.cgroups, settings.state_dir)

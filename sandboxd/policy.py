@@ -13,28 +13,50 @@ import re
 import msgspec
 
 from .errors import ConfigError
+from .pbtext import Message, Value, parse
 from .languages import SOURCE_DIR
 
-__all__ = ["JailRun", "Policy", "INSIDE_ID", "SESSION_MOUNT"]
+__all__ = ["JailRun", "Policy", "INSIDE_ID", "SESSION_MOUNT", "NAMESPACES"]
 
 INSIDE_ID = 1000  # the uid/gid user code sees; mapped to a per-session outside id
 SESSION_MOUNT = "/mnt/data"
 SECCOMP_FILE = "seccomp.kafel"
-# Lines a profile must not contain: each would undo a per-run guarantee.
+NAMESPACES = ("clone_newnet", "clone_newuser", "clone_newns", "clone_newpid", "clone_newipc", "clone_newuts",
+              "clone_newcgroup")
+# Fields a profile must not set at all: each would undo a per-run guarantee.
 _FORBIDDEN = {
     "uidmap": "uid maps are per session (nsjail appends, it does not replace)",
     "gidmap": "gid maps are per session",
-    "keep_env: true": "the environment is an explicit allowlist",
-    "keep_caps: true": "jails keep no capabilities",
-    "disable_no_new_privs: true": "no_new_privs must stay on",
-    "clone_newnet: false": "jails get no network",
-    "clone_newuser: false": "jails need their own user namespace",
-    "clone_newpid: false": "jails need their own pid namespace",
-    "clone_newns: false": "jails need their own mount namespace",
     "iface_own": "jails get only the loopback interface",
     "macvlan_iface": "jails get only the loopback interface",
     "seccomp_string": "the seccomp policy lives in seccomp.kafel",
+    "chroot": "the root is nsjail's empty tmpfs, not a host directory",
 }
+# Fields that must be false when present.
+_MUST_BE_FALSE = {
+    "keep_env": "the environment is an explicit allowlist",
+    "keep_caps": "jails keep no capabilities",
+    "disable_no_new_privs": "no_new_privs must stay on",
+    "iface_no_lo": "loopback must exist (programs expect it)",
+}
+# Host paths no jail may see, whole or in part.
+FORBIDDEN_SOURCES = ("/root", "/home", "/var", "/run", "/srv", "/proc", "/sys", "/boot", "/etc/shadow",
+                     "/etc/ssh", "/etc/sandboxd")
+# Read-write binds a profile may have: device nodes whose writes go nowhere.
+RW_BIND_ALLOWED = ("/dev/null", "/dev/zero")
+
+
+def _one(msg: Message, key: str, default: Value | None = None) -> Value | None:
+    values = msg.get(key)
+    return values[-1] if values else default
+
+
+def _sub(msg: Message, key: str) -> list[Message]:
+    return [v for v in msg.get(key, []) if isinstance(v, dict)]
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 class JailRun(msgspec.Struct, frozen=True, kw_only=True):
@@ -65,22 +87,62 @@ class Policy:
             raise ConfigError(f"invalid profile name {profile!r}")
         return os.path.join(self.configs_dir, f"{profile}.cfg")
 
-    def check_profile(self, profile: str) -> None:
-        """Fail fast on a profile that is missing, unnamed, or weakens a per-run guarantee."""
+    def load(self, profile: str) -> Message:
         path = self.profile_path(profile)
         try:
             with open(path, encoding="utf-8") as fh:
-                text = fh.read()
+                return parse(fh.read())
         except OSError as exc:
             raise ConfigError(f"jail profile {path}: {exc.strerror}") from exc
-        code = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
-        if not re.search(rf'^name:\s*"{re.escape(profile)}"', code, re.M):
-            raise ConfigError(f"{path} must open with name: \"{profile}\"")
-        if not re.search(r"^description:", code, re.M):
+
+    def check_profile(self, profile: str, state_dir: str | None = None) -> Message:
+        """Fail fast on a profile that is missing, unnamed, or weakens a per-run guarantee."""
+        path = self.profile_path(profile)
+        msg = self.load(profile)
+        if _one(msg, "name") != profile:
+            raise ConfigError(f'{path} must open with name: "{profile}"')
+        if not _one(msg, "description"):
             raise ConfigError(f"{path} needs a description")
-        for needle, why in _FORBIDDEN.items():
-            if re.search(rf"^\s*{re.escape(needle)}", code, re.M):
-                raise ConfigError(f"{path}: '{needle}' is not allowed: {why}")
+        for key, why in _FORBIDDEN.items():
+            if key in msg:
+                raise ConfigError(f"{path}: '{key}' is not allowed: {why}")
+        for key, why in _MUST_BE_FALSE.items():
+            if _one(msg, key, False) is not False:
+                raise ConfigError(f"{path}: '{key}' must be false: {why}")
+        for ns in NAMESPACES:
+            if _one(msg, ns) is not True:
+                raise ConfigError(f"{path}: '{ns}: true' is required: every namespace is separate")
+        forbidden = FORBIDDEN_SOURCES + ((os.path.abspath(state_dir),) if state_dir else ())
+        for mount in _sub(msg, "mount"):
+            src, dst = str(_one(mount, "src", "")), str(_one(mount, "dst", ""))
+            if _one(mount, "is_bind", False) is True:
+                if any(_under(src, f) or _under(f, src) for f in forbidden if src):
+                    raise ConfigError(f"{path}: bind of {src} would expose a forbidden host path")
+                if _one(mount, "rw", False) is True and dst not in RW_BIND_ALLOWED:
+                    raise ConfigError(f"{path}: bind of {src} must be read-only")
+        return msg
+
+    def check_submounts(self, profile: str, mountinfo: str | None = None) -> None:
+        """nsjail binds recursively but remounts only the top read-only: a writable host mount
+        below a read-only bind source would be writable in the jail. Refuse to start then."""
+        if mountinfo is None:
+            with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as fh:
+                mountinfo = fh.read()
+        writable = []
+        for line in mountinfo.splitlines():
+            fields = line.split()
+            if len(fields) > 5 and "rw" in fields[5].split(","):
+                writable.append(fields[4].replace("\\040", " "))
+        for mount in _sub(self.load(profile), "mount"):
+            src = str(_one(mount, "src", ""))
+            if _one(mount, "is_bind", False) is not True or _one(mount, "rw", False) is True or not src:
+                continue
+            for point in writable:
+                if point != src and _under(point, os.path.realpath(src)):
+                    raise ConfigError(
+                        f"profile {profile}: {point} is a writable mount below the read-only bind of {src}; "
+                        "nsjail's read-only remount is not recursive, so jails could write there"
+                    )
 
     def argv(self, run: JailRun) -> list[str]:
         ids = f"{INSIDE_ID}:{run.outside_uid}:1"

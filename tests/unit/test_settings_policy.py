@@ -84,3 +84,47 @@ def test_profile_weakening_a_guarantee_is_refused(tmp_path: Path, line: str) -> 
     (tmp_path / "python.cfg").write_text(text + "\n" + line + "\n")
     with pytest.raises(ConfigError):
         _policy(tmp_path).check_profile("python")
+
+
+@pytest.mark.parametrize("mount", [
+    'mount { dst: "/data" src: "/root" is_bind: true }',
+    'mount { dst: "/h" src: "/home/user" is_bind: true }',
+    'mount { dst: "/all" src: "/" is_bind: true }',
+    'mount { dst: "/usr2" src: "/usr" is_bind: true rw: true }',
+])
+def test_profile_exposing_host_paths_is_refused(tmp_path: Path, mount: str) -> None:
+    (tmp_path / "seccomp.kafel").write_text("USE x DEFAULT ALLOW\n")
+    text = (REPO / "jail-configs" / "python.cfg").read_text()
+    (tmp_path / "python.cfg").write_text(text + "\n" + mount + "\n")
+    with pytest.raises(ConfigError):
+        _policy(tmp_path).check_profile("python")
+
+
+def test_profile_binding_the_state_dir_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "seccomp.kafel").write_text("USE x DEFAULT ALLOW\n")
+    text = (REPO / "jail-configs" / "python.cfg").read_text()
+    (tmp_path / "python.cfg").write_text(text + '\nmount { dst: "/s" src: "/opt/sandboxd/run" is_bind: true }\n')
+    with pytest.raises(ConfigError, match="forbidden"):
+        _policy(tmp_path).check_profile("python", state_dir="/opt/sandboxd/run/")
+    _policy(REPO / "jail-configs").check_profile("python", state_dir="/opt/sandboxd/run")
+
+
+def test_writable_submount_under_a_readonly_bind_is_refused() -> None:
+    policy = _policy(REPO / "jail-configs")
+    clean = "22 1 0:21 / / rw,relatime - ext4 /dev/vda rw\n30 22 0:30 / /tmp rw - tmpfs tmpfs rw\n"
+    policy.check_submounts("python", clean)
+    dirty = clean + "31 22 0:31 / /usr/local/share rw,relatime - tmpfs tmpfs rw\n"
+    with pytest.raises(ConfigError, match="/usr/local/share"):
+        policy.check_submounts("python", dirty)
+    readonly = clean + "31 22 0:31 / /usr/local/share ro,relatime - tmpfs tmpfs ro\n"
+    policy.check_submounts("python", readonly)
+
+
+def test_config_parser_reads_what_nsjail_reads() -> None:
+    from sandboxd.pbtext import parse
+
+    msg = parse('name: "x" # c\nmount { dst: "/a" src_content: "l1\\n" "l2" }\ntime_limit: 5\nmode: ONCE\n')
+    assert msg["name"] == ["x"] and msg["time_limit"] == [5] and msg["mode"] == ["ONCE"]
+    assert msg["mount"] == [{"dst": ["/a"], "src_content": ["l1\nl2"]}]
+    with pytest.raises(ConfigError):
+        parse("mount { dst: ")
