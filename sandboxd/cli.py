@@ -126,16 +126,16 @@ def _doctor_jail_run(settings: Settings) -> tuple[bool, str, str]:
     async def go() -> None:
         daemon = Daemon(settings)
         try:
-            await self_test(daemon)
+            await self_test(daemon, lambda c: _check(c.ok, f"canary: {c.layer}", c.detail))
         finally:
             await daemon.close()
             shutil.rmtree(settings.state_dir, ignore_errors=True)
 
     try:
         asyncio.run(go())
-        return True, "a real jail runs Python", ""
+        return True, "every isolation layer holds in a real jail", ""
     except (ConfigError, OSError) as exc:
-        return False, "a real jail runs Python", str(exc)
+        return False, "every isolation layer holds in a real jail", str(exc)
 
 
 def cmd_warm_cache(ns: argparse.Namespace) -> int:

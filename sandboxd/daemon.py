@@ -9,11 +9,12 @@ import contextlib
 import fcntl
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
 from .auth import Authenticator
+from .canary import Check, run_canaries
 from .cgroups import CgroupManager, detect_cgroups
 from .errors import ConfigError
 from .http import create_app
@@ -81,18 +82,13 @@ def _take_lock(path: str) -> int:
     return fd
 
 
-async def self_test(daemon: Daemon) -> None:
-    """Fail closed: refuse to serve unless a real jail runs code and reports it back."""
-    from .schemas import ExecRequest
-
-    reply = await daemon.store.execute(ExecRequest(lang="py", code="print(6 * 7)"), owner="\0self-test")
-    store = daemon.store
-    s = store.sessions.get(reply.session_id)
-    if s is not None:
-        async with s.lock:
-            store._drop(s)
-    if reply.stdout.strip() != "42" or reply.status != "ok":
-        raise ConfigError(f"jail self-test failed: status={reply.status} stderr={reply.stderr[-500:]!r}")
+async def self_test(daemon: Daemon, report: Callable[[Check], object] | None = None) -> None:
+    """Fail closed: refuse to serve unless every isolation layer is proven in a real jail."""
+    checks = await run_canaries(daemon.store, report)
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        raise ConfigError("jail self-test failed, refusing to serve: " +
+                          "; ".join(f"{c.layer} ({c.detail})" for c in failed))
 
 
 def build_app(settings: Settings) -> web.Application:

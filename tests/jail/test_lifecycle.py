@@ -120,7 +120,10 @@ def test_doctor_passes_here_and_names_what_is_missing(tmp_path: Path) -> None:
     ok = subprocess.run([sys.executable, "-m", "sandboxd", "doctor", "--config", str(good)],
                         capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert "[ok] a real jail runs Python" in ok.stdout
+    assert "[ok] every isolation layer holds in a real jail" in ok.stdout
+    for layer in ("seccomp filter", "network isolation", "non-root outside uid", "pids limit enforced",
+                  "memory limit enforced", "host files hidden"):
+        assert f"[ok] canary: {layer}" in ok.stdout
     bad = tmp_path / "bad.toml"
     bad.write_text(f'state_dir = "{state_dir_for(tmp_path)}"\njail_configs_dir = "/nonexistent"\n'
                    'nsjail_path = "/nonexistent/nsjail"\n')
@@ -144,3 +147,17 @@ def test_policy_show_prints_what_the_runner_uses(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=60, check=True).stdout
     assert "--user 1000:400000:1" in out and "clone_newnet: true" in out and "POLICY sandboxd_deny" in out
     assert load_settings(str(cfg)).uid_base == 400000
+
+
+async def test_daemon_refuses_to_serve_when_a_layer_is_missing(tmp_path: Path, make_client: Any) -> None:
+    import shutil
+
+    weak = tmp_path / "weak-configs"
+    shutil.copytree(JAIL_CONFIGS, weak)
+    # A seccomp policy that forgot the namespace rules: everything else still looks fine.
+    (weak / "seccomp.kafel").write_text("POLICY p { ERRNO(1) { syslog } }\nUSE p DEFAULT ALLOW\n")
+    with pytest.raises(Exception, match="namespace creation denied"):
+        await make_client(jail_configs_dir=str(weak))
+    # Twin: the shipped policy starts and serves.
+    client = await make_client()
+    assert (await client.get("/health")).status == 200
