@@ -180,27 +180,40 @@ def cmd_warm_cache(ns: argparse.Namespace) -> int:
 
 
 def cmd_policy_show(ns: argparse.Namespace) -> int:
+    """Print the effective policy from the objects the runner uses, so it cannot drift."""
     from .languages import RECIPES
     from .policy import JailRun, Policy
 
     settings = _settings(ns)
     policy = Policy(settings.jail_configs_dir, settings.nsjail_path or default_nsjail_path())
-    lim = settings.limits
-    print(f"# limits: {lim}")
-    print(f"# storage: {settings.storage}")
-    print(f"# outside uid range: {settings.uid_base}..{settings.uid_base + settings.uid_count - 1}")
+    lim, st = settings.limits, settings.storage
+    uid_range = (settings.uid_base, settings.uid_base + settings.uid_count - 1)
+    print("# sandboxd effective policy\n")
+    print("per-run limits (cgroup, authoritative):")
+    print(f"  memory_max_bytes={lim.memory_max_bytes} (swap 0)  pids_max={lim.pids_max}  "
+          f"cpu_max_cores={lim.cpu_max_cores} (100 ms period)")
+    print(f"  wall_timeout_s={lim.wall_timeout_s} (daemon timer; nsjail time_limit one second later)")
+    print(f"  file_max_bytes={lim.file_max_bytes}  open_files_max={lim.open_files_max}  "
+          f"stream_keep_bytes={lim.stream_keep_bytes}  stream_kill_bytes={lim.stream_kill_bytes}")
+    print("storage:")
+    print(f"  session_max_bytes={st.session_max_bytes}  session_max_inodes={st.session_max_inodes}  "
+          f"storage_max_bytes={st.storage_max_bytes}  sessions_max={st.sessions_max}  session_ttl_s={st.session_ttl_s}")
+    print(f"  upload_max_bytes={st.upload_max_bytes}  json_body_max_bytes={st.json_body_max_bytes}")
+    print(f"auth: mode={settings.auth.mode}  listener={settings.host}:{settings.port}\n")
+    for profile in sorted({r.profile for r in RECIPES.values()}):
+        policy.check_profile(profile, settings.state_dir)
+        print(policy.describe(profile, uid_range) + "\n")
+    print("languages (recipe -> exact nsjail command line):")
     for lang, recipe in sorted(RECIPES.items()):
         argv = policy.argv(JailRun(
             profile=recipe.profile, session_dir="<session tmpfs>", source_dir="<per-run source dir>",
-            outside_uid=settings.uid_base, wall_timeout_s=lim.wall_timeout_s,
+            outside_uid=settings.uid_base, wall_timeout_s=lim.wall_timeout_s + recipe.compile_time_s,
             file_max_bytes=lim.file_max_bytes, open_files_max=lim.open_files_max, log_fd=3,
-            program=tuple(recipe.argv([])),
+            program=tuple(recipe.argv([])), env=recipe.env,
         ))
-        print(f"\n## {lang}: profile {recipe.profile}\n" + " ".join(argv))
-        with open(policy.profile_path(recipe.profile), encoding="utf-8") as fh:
-            print(fh.read())
+        print(f"  {lang}: " + " ".join(argv))
     with open(policy.seccomp_path, encoding="utf-8") as fh:
-        print("## seccomp\n" + fh.read())
+        print(f"\nseccomp policy ({policy.seccomp_path}):\n" + fh.read())
     return 0
 
 

@@ -144,6 +144,44 @@ class Policy:
                         "nsjail's read-only remount is not recursive, so jails could write there"
                     )
 
+    def describe(self, profile: str, uid_range: tuple[int, int]) -> str:
+        """The effective policy of a profile, for an auditor, from the parsed file itself."""
+        msg = self.load(profile)
+        lines = [f"profile {profile}: {_one(msg, 'description', '')}"]
+        lines.append("  namespaces: " + ", ".join(
+            f"{ns.removeprefix('clone_new')}={'on' if _one(msg, ns) is True else 'OFF'}" for ns in NAMESPACES))
+        lines.append(f"  network: {'loopback only' if not (_one(msg, 'iface_own') or _one(msg, 'macvlan_iface')) else 'EXTRA'}")
+        lines.append(f"  ids: inside {INSIDE_ID}:{INSIDE_ID} -> outside one uid/gid per session in "
+                     f"{uid_range[0]}..{uid_range[1]} (never 0)")
+        lines.append(f"  capabilities: {'kept' if _one(msg, 'keep_caps', False) else 'none'}; no_new_privs: "
+                     f"{'OFF' if _one(msg, 'disable_no_new_privs', False) else 'on'}")
+        lines.append(f"  cwd: {_one(msg, 'cwd', '/')}; hostname: {_one(msg, 'hostname', 'NSJAIL')}")
+        lines.append("  mounts (in order; root is an empty read-only tmpfs):")
+        for m in _sub(msg, "mount"):
+            dst = _one(m, "dst", "")
+            if _one(m, "is_symlink", False):
+                what, mode = f"symlink -> {_one(m, 'src')}", ""
+            elif "src_content" in m:
+                what, mode = "synthesized file", "ro"
+            elif _one(m, "is_bind", False):
+                what = f"bind {_one(m, 'src')}" + ("" if _one(m, "mandatory", True) else " (if present)")
+                mode = "rw" if _one(m, "rw", False) else "ro"
+            else:
+                what = f"{_one(m, 'fstype')} {_one(m, 'options', '')}".strip()
+                mode = "rw" if _one(m, "rw", False) else "ro"
+            flags = [f for f in ("nosuid", "nodev", "noexec") if _one(m, f, False)]
+            lines.append(f"    {dst:<28} {mode:<3} {what}" + (f" [{','.join(flags)}]" if flags else ""))
+        lines.append(f"    {SESSION_MOUNT:<28} rw  bind <session tmpfs> (per run; nosuid,nodev, size and inode caps)")
+        lines.append(f"    {SOURCE_DIR:<28} ro  bind <per-run source directory> (per run)")
+        lines.append("  environment (nothing else is passed):")
+        for kv in msg.get("envar", []):
+            lines.append(f"    {kv}")
+        rl = [f"{k.removeprefix('rlimit_')}={_one(msg, k)}" for k in sorted(msg) if k.startswith("rlimit_")]
+        lines.append("  rlimits (backstop; cgroups are authoritative): " + ", ".join(rl)
+                     + ", fsize=<limits.file_max_bytes>, nofile=<limits.open_files_max> (per run)")
+        lines.append(f"  seccomp: {self.seccomp_path}")
+        return "\n".join(lines)
+
     def argv(self, run: JailRun) -> list[str]:
         ids = f"{INSIDE_ID}:{run.outside_uid}:1"
         # nsjail's own limit is a backstop a second after the daemon's own timer.

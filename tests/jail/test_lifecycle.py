@@ -145,7 +145,9 @@ def test_policy_show_prints_what_the_runner_uses(tmp_path: Path) -> None:
     cfg.write_text(f'jail_configs_dir = "{JAIL_CONFIGS}"\nuid_base = 400000\n')
     out = subprocess.run([sys.executable, "-m", "sandboxd", "policy", "show", "--config", str(cfg)],
                          capture_output=True, text=True, timeout=60, check=True).stdout
-    assert "--user 1000:400000:1" in out and "clone_newnet: true" in out and "POLICY sandboxd_deny" in out
+    assert "--user 1000:400000:1" in out and "POLICY sandboxd_deny" in out
+    assert "namespaces: net=on, user=on, ns=on, pid=on, ipc=on, uts=on, cgroup=on" in out
+    assert "/etc/passwd                  ro  synthesized file" in out and "400000..459999" in out
     assert load_settings(str(cfg)).uid_base == 400000
 
 
