@@ -11,7 +11,7 @@ import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import msgspec
-from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp import BodyPartReader, web
 
 from . import workspace
 from .auth import Authenticator
@@ -126,29 +126,45 @@ async def _stream_part(store: SessionStore, session: Session, part: BodyPartRead
     return store.finish_upload(session, fd, parts)
 
 
+async def _file_parts(request: web.Request, store: SessionStore) -> AsyncIterator[BodyPartReader]:
+    """The `file` parts of a multipart body, one at a time (other fields are skipped)."""
+    try:
+        reader = await request.multipart()
+    except (AssertionError, ValueError, KeyError) as exc:
+        raise BadRequest(f"expected multipart/form-data: {exc}") from None
+    count = 0
+    while True:
+        try:
+            part = await reader.next()
+        except ValueError as exc:
+            raise BadRequest(f"malformed multipart body: {exc}") from None
+        if part is None:
+            break
+        if not isinstance(part, BodyPartReader):
+            raise BadRequest("nested multipart bodies are not supported")
+        if part.name != "file":
+            await part.release()
+            continue
+        count += 1
+        if count > store.settings.storage.upload_files_max:
+            raise BadRequest("too many files in one upload")
+        yield part
+    if count == 0:
+        raise BadRequest("multipart body has no 'file' part")
+
+
 async def upload(request: web.Request) -> web.Response:
     owner = _owner(request)
     store = request.app[STORE]
     limit = store.settings.storage.upload_max_bytes
     if request.content_length is not None and request.content_length > limit + 64 * 1024:
         raise PayloadTooLarge(f"upload exceeds {limit} bytes")
-    try:
-        reader = await request.multipart()
-    except (AssertionError, ValueError, KeyError) as exc:
-        raise BadRequest(f"expected multipart/form-data: {exc}") from None
     session = store.new_upload_session(owner)
     files: list[UploadedFile] = []
     try:
-        async for part in _parts(reader):
-            if part.name != "file":
-                await part.release()
-                continue
-            if len(files) >= store.settings.storage.upload_files_max:
-                raise BadRequest("too many files in one upload")
+        async for part in _file_parts(request, store):
             f = await _stream_part(store, session, part, limit)
             files.append(UploadedFile(fileId=f.id, filename=f.name))
-        if not files:
-            raise BadRequest("multipart body has no 'file' part")
     finally:
         store.end_upload(session)
     return _json(UploadReply(message="success", session_id=session.id, storage_session_id=session.id,
@@ -156,50 +172,27 @@ async def upload(request: web.Request) -> web.Response:
 
 
 async def upload_batch(request: web.Request) -> web.Response:
+    """Each file succeeds or fails on its own; the reply says which."""
     owner = _owner(request)
     store = request.app[STORE]
     limit = store.settings.storage.upload_max_bytes
-    try:
-        reader = await request.multipart()
-    except (AssertionError, ValueError, KeyError) as exc:
-        raise BadRequest(f"expected multipart/form-data: {exc}") from None
     session = store.new_upload_session(owner)
     results: list[BatchFile] = []
     try:
-        async for part in _parts(reader):
-            if part.name != "file":
-                await part.release()
-                continue
+        async for part in _file_parts(request, store):
             name = _part_filename(part)
-            if len(results) >= store.settings.storage.upload_files_max:
-                raise BadRequest("too many files in one upload")
             try:
                 f = await _stream_part(store, session, part, limit)
                 results.append(BatchFile(status="success", fileId=f.id, filename=f.name))
             except (BadRequest, PayloadTooLarge) as exc:
                 await part.release()
                 results.append(BatchFile(status="error", filename=name, error=exc.message))
-        if not results:
-            raise BadRequest("multipart body has no 'file' part")
     finally:
         store.end_upload(session)
     ok = sum(1 for r in results if r.status == "success")
     message = "success" if ok == len(results) else ("partial_success" if ok else "error")
     return _json(BatchReply(message=message, storage_session_id=session.id, session_id=session.id,
                             files=results, succeeded=ok, failed=len(results) - ok))
-
-
-async def _parts(reader: MultipartReader) -> AsyncIterator[BodyPartReader]:
-    while True:
-        try:
-            part = await reader.next()
-        except ValueError as exc:
-            raise BadRequest(f"malformed multipart body: {exc}") from None
-        if part is None:
-            return
-        if not isinstance(part, BodyPartReader):
-            raise BadRequest("nested multipart bodies are not supported")
-        yield part
 
 
 def _disposition(name: str) -> str:
