@@ -46,6 +46,7 @@ install -m 0644 "$REPO/README.md" "$PREFIX/README.md"
 # 4. State directories (session mounts live under run/, never inside a jail's view).
 install -d -m 0711 "$PREFIX/run"
 
-# 5. The matplotlib font cache, built inside a real jail so its paths are the jail's.
-"$PREFIX/venv/bin/sandboxd" warm-cache
+# 5. The matplotlib font cache, built inside a real jail so its paths are the jail's
+#    (an image build has no jail: its entrypoint builds the cache at start instead).
+if [ "${1:-}" != "--no-warm-cache" ]; then "$PREFIX/venv/bin/sandboxd" warm-cache; fi
 echo "sandboxd installed under $PREFIX"
