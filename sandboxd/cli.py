@@ -100,6 +100,13 @@ def cmd_doctor(ns: argparse.Namespace) -> int:
     good &= _check(
         os.path.isdir(settings.jail_configs_dir), "jail profiles", f"{settings.jail_configs_dir} missing"
     )
+    # Languages whose toolchain is missing answer 400; that is a choice, not a failure.
+    from .languages import RECIPES
+
+    for lang, recipe in sorted(RECIPES.items()):
+        missing = recipe.missing()
+        print(f"[{'ready' if not missing else 'not ready'}] language {lang}"
+              + (f": missing {', '.join(missing)} (scripts/setup-host.sh installs it)" if missing else ""))
     if good:
         good &= _check(*_doctor_jail_run(settings))
     return 0 if good else 1
