@@ -90,6 +90,21 @@ def classify(
     return "error", None, sig_name
 
 
+def _with_note(stderr: str, exit_code: int, sig_name: str | None, message: str | None) -> str:
+    """LibreChat's tools show the model only stdout and stderr, never the exit status: a limit
+    kill, a signal or a silent non-zero exit would look like success without this note."""
+    if message:
+        note = message
+    elif sig_name:
+        note = f"killed by {sig_name}"
+    elif exit_code != 0 and not stderr.strip():
+        note = f"exited with code {exit_code}"
+    else:
+        return stderr
+    sep = "" if not stderr or stderr.endswith("\n") else "\n"
+    return f"{stderr}{sep}[sandboxd] {note}\n"
+
+
 async def _until_released(cg: RunCgroup, deadline_s: float = 5.0) -> None:
     end = time.monotonic() + deadline_s
     while cg.tasks_left() > 0:
@@ -291,7 +306,7 @@ class Runner:
         status, message, sig_name = classify(exit_code, stats, limits, timed_out, output_killed.is_set())
         return RunResult(
             stdout=stdout.text(),
-            stderr=stderr.text(),
+            stderr=_with_note(stderr.text(), exit_code, sig_name, message),
             exit_code=exit_code,
             signal=sig_name,
             status=status,

@@ -58,6 +58,10 @@ async def test_error_exit_is_200_with_traceback(client: Any) -> None:
     body = await run(client, "raise ValueError('boom')")
     assert body["status"] == "error" and body["exit_code"] == 1
     assert body["stderr"].rstrip().endswith("ValueError: boom")
+    silent = await run(client, "echo partial; exit 3", lang="bash")
+    assert silent["exit_code"] == 3 and silent["stderr"] == "[sandboxd] exited with code 3\n"
+    killed = await run(client, "sh -c 'kill -SEGV $$'", lang="bash")  # the jail's pid 1 ignores signals
+    assert killed["signal"] == "SIGSEGV" and killed["stderr"].endswith("[sandboxd] killed by SIGSEGV\n")
 
 
 async def test_cwd_and_home_are_mnt_data(client: Any) -> None:
@@ -138,6 +142,7 @@ async def test_memory_bomb_is_oom_with_the_limit_named(client: Any) -> None:
     body = await run(client, f"chunks = []\nwhile True:\n    chunks.append(b'x' * {16 * MiB})\n")
     assert body["status"] == "oom"
     assert f"{limit // MiB} MiB" in body["message"]
+    assert body["stderr"].endswith(f"[sandboxd] {body['message']}\n")  # the model sees why
     assert body["memory_peak_bytes"] >= limit * 0.9
     twin = await run(client, f"b = b'x' * {limit // 4}\nprint(len(b))")
     assert twin["status"] == "ok" and twin["stdout"] == f"{limit // 4}\n"
