@@ -21,9 +21,10 @@ from tests.conftest import JAIL_CONFIGS
 
 pytestmark = pytest.mark.jail
 
-# A space, a shell variable and a glob: none may be split or expanded on the way to argv.
-ARGS = ["a", "b c", "$HOME", "*"]
-HELLO_OUT = "hello a|b c|$HOME|*\n"
+# A space, a shell variable, a glob and an option: none may be split, expanded or taken by the
+# runtime (node, tsx, Rscript, php, java, the compile-and-run shell) on the way to argv.
+ARGS = ["a", "b c", "$HOME", "*", "--version"]
+HELLO_OUT = "hello a|b c|$HOME|*|--version\n"
 INPUT = b"3\n4\n5\n"
 RESULT = b"sum=12\n"
 # Small enough to hit quickly, large enough for every compiler; recipe floors raise it.
