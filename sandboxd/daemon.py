@@ -16,6 +16,7 @@ from aiohttp import web
 from .auth import Authenticator
 from .canary import Check, run_canaries
 from .cgroups import CgroupManager, detect_cgroups
+from .compilecache import CompileCache
 from .errors import ConfigError
 from .http import create_app
 from .languages import RECIPES
@@ -47,7 +48,10 @@ class Daemon:
             self.cgroups.setup()
             self.runner = Runner(self.policy, self.cgroups, settings.state_dir)
             self.runner.clean_stale()
-            self.store = SessionStore(settings, self.runner)
+            _check_traversable(settings.compile_cache_dir, create=True)
+            self.cache = CompileCache(settings.compile_cache_dir, settings.compile_cache_max_bytes,
+                                      RECIPES.values())
+            self.store = SessionStore(settings, self.runner, self.cache)
             self.store.clean_stale()
         except BaseException:
             os.close(self._lock_fd)
@@ -59,9 +63,11 @@ class Daemon:
         os.close(self._lock_fd)
 
 
-def _check_traversable(path: str) -> None:
+def _check_traversable(path: str, create: bool = False) -> None:
     """nsjail binds session directories as the jail's uid, which must be able to reach them."""
     path = os.path.abspath(path)
+    if create:
+        os.makedirs(path, mode=0o755, exist_ok=True)
     while True:
         if not os.stat(path).st_mode & 0o001:
             raise ConfigError(f"state_dir must be reachable by other users: {path} lacks o+x")

@@ -15,6 +15,8 @@ from .errors import BadRequest
 __all__ = ["Recipe", "SOURCE_DIR", "RECIPES", "ALIASES", "KNOWN_LANGS", "resolve"]
 
 SOURCE_DIR = "/tmp/code"
+BIN_DIR = "/tmp/bin"  # a compile-cache entry, read-only
+OUT_DIR = "/mnt/data"  # inside a compile step only: its private output tmpfs
 JAIL_PYTHON = "/opt/sandboxd/jail-venv/bin/python3"
 
 
@@ -24,6 +26,10 @@ class Recipe(msgspec.Struct, frozen=True, kw_only=True):
     source_name: str
     # argv to run; "{src}" is replaced by the source path inside the jail; args follow.
     run: tuple[str, ...]
+    # For compiled languages: argv of the compile step, run in its own jail whose /mnt/data is
+    # a fresh private output directory (no user files). Its output becomes a compile-cache
+    # entry, bound read-only at BIN_DIR for `run` (see sandboxd/compilecache.py).
+    compile: tuple[str, ...] = ()
     # Extra environment (KEY=VALUE) on top of the profile's allowlist.
     env: tuple[str, ...] = ()
     # Per-language floors: a runtime that cannot work below these (the JVM's threads, say)
@@ -43,8 +49,14 @@ class Recipe(msgspec.Struct, frozen=True, kw_only=True):
         return [path for path in self.requires if not os.access(path, os.X_OK)]
 
     def argv(self, args: list[str]) -> list[str]:
+        return self._fill(self.run) + list(args)
+
+    def compile_argv(self) -> list[str]:
+        return self._fill(self.compile)
+
+    def _fill(self, parts: tuple[str, ...]) -> list[str]:
         src = f"{SOURCE_DIR}/{self.source_name}"
-        return [part.replace("{src}", src) for part in self.run] + list(args)
+        return [part.replace("{src}", src) for part in parts]
 
 
 MiB = 1024 * 1024
@@ -58,30 +70,39 @@ TSX_CLI = "/opt/sandboxd/node-tools/node_modules/tsx/dist/cli.mjs"
 JAVA_MEMORY_FLOOR = 1024 * MiB
 
 
-def _compile_and_run(compile_cmd: str) -> tuple[str, ...]:
-    """One jail compiles and runs: the source is $0, the user's args are "$@", and the binary
-    stays on the jail's private /tmp (never among the user's files in /mnt/data)."""
-    return ("/bin/sh", "-c", f'{compile_cmd} && exec /tmp/main "$@"', "{src}")
+def _native(*compiler: str, libs: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """Compile step writing OUT_DIR/main (libraries after the source, as the linker wants)."""
+    return (*compiler, "-o", f"{OUT_DIR}/main", "{src}", *libs)
 
 
-def _java_run() -> tuple[str, ...]:
-    """javac requires a public class to live in a file of its name, and the single-file source
-    launcher runs the file's *first* class (so a helper class above `public class Main` breaks
-    it). So: find the public top-level class, compile it under that name on /tmp, run it; with
-    no public class, the source launcher (which then runs the first class). The class name is
+NATIVE_RUN = (f"{BIN_DIR}/main",)  # the cached binary
+
+
+_JVM = ("-XX:+UseSerialGC", "-XX:-UsePerfData", f"-XX:MaxRAM={JAVA_MEMORY_FLOOR}", "-XX:MaxRAMPercentage=50")
+
+
+def _java() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """javac requires a public class to live in a file of its name, so the compile step finds
+    the public top-level class (else the first class), compiles it under that name, and records
+    it in MAIN_CLASS; the run step starts that class from the cached classes. The class name is
     matched to [A-Za-z0-9_] before it reaches a path or an argv item."""
-    jvm = ("-XX:+UseSerialGC", "-XX:-UsePerfData", f"-XX:MaxRAM={JAVA_MEMORY_FLOOR}", "-XX:MaxRAMPercentage=50")
-    java = "java " + " ".join(jvm)
-    javac = "javac " + " ".join(f"-J{opt}" for opt in jvm)
-    pattern = (r"s/^[[:space:]]*public[[:space:]]\{1,\}\(\(final\|abstract\)[[:space:]]\{1,\}\)*"
-               r"class[[:space:]]\{1,\}\([A-Za-z_][A-Za-z0-9_]*\).*/\3/p")
-    script = (  # one line, so `sandboxd policy show` prints it on one
-        f"cls=$(sed -n '{pattern}' \"$0\" | head -n 1); "
-        f'[ -n "$cls" ] || exec {java} "$0" "$@"; '
-        'mkdir /tmp/src /tmp/classes && ln -s "$0" "/tmp/src/$cls.java" && '
-        f'{javac} -d /tmp/classes "/tmp/src/$cls.java" && exec {java} -cp /tmp/classes "$cls" "$@"'
+    javac = "javac " + " ".join(f"-J{opt}" for opt in _JVM)
+    public = (r"s/^[[:space:]]*public[[:space:]]\{1,\}\(\(final\|abstract\)[[:space:]]\{1,\}\)*"
+              r"class[[:space:]]\{1,\}\([A-Za-z_][A-Za-z0-9_]*\).*/\3/p")
+    first = r"s/^.*\bclass[[:space:]]\{1,\}\([A-Za-z_][A-Za-z0-9_]*\).*/\1/p"
+    compile_script = (  # one line, so `sandboxd policy show` prints it on one
+        f"cls=$(sed -n '{public}' \"$0\" | head -n 1); "
+        f'[ -n "$cls" ] || cls=$(sed -n \'{first}\' "$0" | head -n 1); '
+        '[ -n "$cls" ] || { echo "no class found in the source" >&2; exit 1; }; '
+        'mkdir /tmp/src && ln -s "$0" "/tmp/src/$cls.java" && '
+        f'{javac} -d {OUT_DIR} "/tmp/src/$cls.java" && printf %s "$cls" > {OUT_DIR}/MAIN_CLASS'
     )
-    return ("/bin/sh", "-c", script, "{src}")
+    java = "java " + " ".join(_JVM)
+    run_script = f'exec {java} -cp {BIN_DIR} "$(cat {BIN_DIR}/MAIN_CLASS)" "$@"'
+    return ("/bin/sh", "-c", compile_script, "{src}"), ("/bin/sh", "-c", run_script, "java")
+
+
+JAVA_COMPILE, JAVA_RUN = _java()
 
 
 RECIPES: dict[str, Recipe] = {
@@ -92,32 +113,33 @@ RECIPES: dict[str, Recipe] = {
     # tsx runs a second node for the loader plus esbuild's service process: more threads.
     "ts": Recipe(lang="ts", profile="node", source_name="main.ts", run=(NODE, TSX_CLI, "{src}"),
                  requires=(NODE, TSX_CLI), pids_max=256),
-    "c": Recipe(lang="c", profile="native", source_name="main.c",
-                run=_compile_and_run('gcc -O2 -pipe -o /tmp/main "$0" -lm'),
+    "c": Recipe(lang="c", profile="native", source_name="main.c", run=NATIVE_RUN,
+                compile=_native("/usr/bin/gcc", "-O2", "-pipe", libs=("-lm",)),
                 requires=("/usr/bin/gcc",), compile_time_s=10.0),
     "cpp": Recipe(lang="cpp", profile="native", source_name="main.cpp",
-                  run=_compile_and_run('g++ -O2 -pipe -std=gnu++20 -o /tmp/main "$0" -lm'),
+                  run=NATIVE_RUN,
+                  compile=_native("/usr/bin/g++", "-O2", "-pipe", "-std=gnu++20", libs=("-lm",)),
                   requires=("/usr/bin/g++",), compile_time_s=20.0),
     # Debian's rustc defaults to the 2015 edition; code written today expects 2021.
     "rs": Recipe(lang="rs", profile="native", source_name="main.rs",
-                 run=_compile_and_run('rustc --edition 2021 -C opt-level=2 -o /tmp/main "$0"'),
+                 run=NATIVE_RUN, compile=_native("/usr/bin/rustc", "--edition", "2021", "-C", "opt-level=2"),
                  requires=("/usr/bin/rustc", "/usr/bin/cc"), compile_time_s=20.0, pids_max=256),
     # GOPATH mode on the jail's /tmp: no module download is possible or wanted; GOENV=off so
     # a config file the user left in HOME=/mnt/data does not steer the build. go build and the
     # Go program each start a thread per CPU: hence the pids floor.
     "go": Recipe(lang="go", profile="native", source_name="main.go",
-                 run=_compile_and_run('go build -o /tmp/main "$0"'),
+                 run=NATIVE_RUN, compile=_native("/usr/bin/go", "build"),
                  env=("GO111MODULE=off", "GOPATH=/tmp/go", "GOCACHE=/tmp/gocache", "GOENV=off",
                       "GOFLAGS="),
                  requires=("/usr/bin/go",), compile_time_s=20.0, pids_max=256),
     # -O1: Phobos templates make -O2 cost gdc a further 0.7 s even for hello world.
     "d": Recipe(lang="d", profile="native", source_name="main.d",
-                run=_compile_and_run('gdc -O1 -pipe -o /tmp/main "$0"'),
+                run=NATIVE_RUN, compile=_native("/usr/bin/gdc", "-O1", "-pipe"),
                 requires=("/usr/bin/gdc",), compile_time_s=20.0),
     "f90": Recipe(lang="f90", profile="native", source_name="main.f90",
-                  run=_compile_and_run('gfortran -O2 -pipe -o /tmp/main "$0"'),
+                  run=NATIVE_RUN, compile=_native("/usr/bin/gfortran", "-O2", "-pipe"),
                   requires=("/usr/bin/gfortran",), compile_time_s=10.0),
-    "java": Recipe(lang="java", profile="java", source_name="Main.java", run=_java_run(),
+    "java": Recipe(lang="java", profile="java", source_name="Main.java", compile=JAVA_COMPILE, run=JAVA_RUN,
                    requires=("/usr/bin/java", "/usr/bin/javac"), compile_time_s=10.0, pids_max=256,
                    memory_max_bytes=JAVA_MEMORY_FLOOR),
     "php": Recipe(lang="php", profile="php", source_name="main.php", run=("/usr/bin/php", "{src}"),

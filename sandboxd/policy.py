@@ -70,6 +70,8 @@ class JailRun(msgspec.Struct, frozen=True, kw_only=True):
     log_fd: int
     program: tuple[str, ...]
     env: tuple[str, ...] = ()
+    # Extra read-only binds (host path, jail path), e.g. a compile-cache entry at /tmp/bin.
+    ro_binds: tuple[tuple[str, str], ...] = ()
 
 
 class Policy:
@@ -200,6 +202,7 @@ class Policy:
             # After the config's mounts, so these land on top of its tmpfs /tmp.
             "--bindmount", f"{run.session_dir}:{SESSION_MOUNT}",
             "--bindmount_ro", f"{run.source_dir}:{SOURCE_DIR}",
+            *(item for host, jail in run.ro_binds for item in ("--bindmount_ro", f"{host}:{jail}")),
             *(item for kv in run.env for item in ("--env", kv)),
             "--",
             *run.program,

@@ -160,6 +160,7 @@ class Runner:
         outside_uid: int,
         limits: RunLimits,
         env: tuple[str, ...] = (),
+        ro_binds: tuple[tuple[str, str], ...] = (),
     ) -> RunResult:
         seq = next(self._seq)
         run_name = f"run-{os.getpid()}-{seq}"
@@ -183,8 +184,8 @@ class Runner:
             supervisor: list[int] = []
             self._live[seq] = (cg, supervisor)
             try:
-                return await self._run_in(cg, supervisor, profile, program, env, src_dir, session_dir,
-                                          outside_uid, limits)
+                return await self._run_in(cg, supervisor, profile, program, env, ro_binds, src_dir,
+                                          session_dir, outside_uid, limits)
             finally:
                 del self._live[seq]
                 await asyncio.to_thread(cg.remove)
@@ -198,6 +199,7 @@ class Runner:
         profile: str,
         program: list[str],
         env: tuple[str, ...],
+        ro_binds: tuple[tuple[str, str], ...],
         src_dir: str,
         session_dir: str,
         outside_uid: int,
@@ -216,6 +218,7 @@ class Runner:
                 log_fd=log_w,
                 program=tuple(program),
                 env=env,
+                ro_binds=ro_binds,
             )
         )
         stdout, stderr = HeadTail(limits.stream_keep_bytes), HeadTail(limits.stream_keep_bytes)

@@ -16,6 +16,8 @@ import math
 import mimetypes
 import os
 import time
+
+import msgspec
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple, TypeVar
@@ -24,7 +26,8 @@ from . import workspace
 from .admission import Admission
 from .errors import BadRequest, InputsUnavailable, NotFound, Unavailable
 from .ids import is_valid_id, new_id, redact
-from .languages import Recipe, resolve
+from .compilecache import CompileCache
+from .languages import BIN_DIR, Recipe, resolve
 from .runner import Runner, RunLimits, RunResult
 from .schemas import ExecReply, ExecRequest, FileRef, ObjectInfo, OutFile
 from .settings import Settings
@@ -119,13 +122,18 @@ class Session:
 
 
 class SessionStore:
-    def __init__(self, settings: Settings, runner: Runner) -> None:
+    def __init__(self, settings: Settings, runner: Runner, cache: CompileCache) -> None:
         self.settings = settings
         self.runner = runner
+        self.cache = cache
         self.sessions: dict[str, Session] = {}
         self.files: dict[str, StoredFile] = {}
         self.mount_root = os.path.join(settings.state_dir, "sessions")
         os.makedirs(self.mount_root, mode=0o711, exist_ok=True)
+        # Private output tmpfs of compile steps (never a session, never bound with user files).
+        self.build_root = os.path.join(settings.state_dir, "build")
+        os.makedirs(self.build_root, mode=0o711, exist_ok=True)
+        self._build_seq = 0
         self._free_uids: list[int] = []
         self._next_uid = settings.uid_base
         lim = settings.limits
@@ -138,14 +146,15 @@ class SessionStore:
     # ---- lifecycle -------------------------------------------------------------------------
 
     def clean_stale(self) -> None:
-        """Unmount session tmpfs left under our mount root by a crashed instance."""
-        for point in workspace.mounted_under(self.mount_root):
-            workspace.unmount(point)
-        for entry in os.listdir(self.mount_root):
-            try:
-                os.rmdir(os.path.join(self.mount_root, entry))
-            except OSError:
-                log.warning("leftover entry in %s: %s", self.mount_root, entry)
+        """Unmount session and build tmpfs left under our roots by a crashed instance."""
+        for root in (self.mount_root, self.build_root):
+            for point in workspace.mounted_under(root):
+                workspace.unmount(point)
+            for entry in os.listdir(root):
+                try:
+                    os.rmdir(os.path.join(root, entry))
+                except OSError:
+                    log.warning("leftover entry in %s: %s", root, entry)
 
     async def close(self) -> None:
         self.closing = True
@@ -315,7 +324,9 @@ class SessionStore:
         if timeout_ms is not None:
             wall = min(wall, max(0.1, timeout_ms / 1000.0))
         return RunLimits(
-            wall_timeout_s=wall + recipe.compile_time_s,
+            # A separate compile step has its own budget (see _compile); otherwise the
+            # compile time is part of the one run.
+            wall_timeout_s=wall + (0.0 if recipe.compile else recipe.compile_time_s),
             memory_max_bytes=max(lim.memory_max_bytes, recipe.memory_max_bytes or 0),
             pids_max=max(lim.pids_max, recipe.pids_max or 0),
             cpu_max_cores=lim.cpu_max_cores,
@@ -366,16 +377,19 @@ class SessionStore:
                     if s.closed:
                         raise NotFound()
                     await _in_thread(self._place_inputs, s, inputs)
-                    result = await self.runner.run(
-                        profile=recipe.profile,
-                        program=recipe.argv(args),
-                        source_name=recipe.source_name,
-                        source=code,
-                        session_dir=s.path,
-                        outside_uid=s.uid,
-                        limits=limits,
-                        env=recipe.env,
-                    )
+                    if recipe.compile:
+                        result = await self._compile_and_run(s, recipe, code, args, limits)
+                    else:
+                        result = await self.runner.run(
+                            profile=recipe.profile,
+                            program=recipe.argv(args),
+                            source_name=recipe.source_name,
+                            source=code,
+                            session_dir=s.path,
+                            outside_uid=s.uid,
+                            limits=limits,
+                            env=recipe.env,
+                        )
                     found = await _in_thread(
                         workspace.walk, s.fd, WALK_MAX_ENTRIES, self.settings.limits.file_max_bytes
                     )
@@ -388,6 +402,77 @@ class SessionStore:
         if self.total_usage() > self.settings.storage.storage_max_bytes:
             self._evict(0, 0, keep=s)
         return self._reply(s, result, files, deleted)
+
+    async def _compile_and_run(
+        self, s: Session, recipe: Recipe, code: bytes, args: list[str], limits: RunLimits
+    ) -> RunResult:
+        """Compile once per (source, toolchain) into the cache, then run the cached output."""
+        entry = self.cache.entry_path(recipe, code)
+        built: RunResult | None = None
+        self.cache.hold(entry)
+        try:
+            async with self.cache.lock(entry):
+                if not self.cache.lookup(entry):
+                    built = await self._compile(s, recipe, code, limits, entry)
+                    if built.exit_code != 0:
+                        return built
+            ran = await self.runner.run(
+                profile=recipe.profile,
+                program=recipe.argv(args),
+                source_name=recipe.source_name,
+                source=code,
+                session_dir=s.path,
+                outside_uid=s.uid,
+                limits=limits,
+                env=recipe.env,
+                ro_binds=((entry, BIN_DIR),),
+            )
+        finally:
+            self.cache.release(entry)
+        if built is None:
+            return ran
+        return msgspec.structs.replace(
+            ran,
+            stdout=built.stdout + ran.stdout,
+            stderr=built.stderr + ran.stderr,  # compiler warnings first
+            wall_time_ms=built.wall_time_ms + ran.wall_time_ms,
+            cpu_time_ms=built.cpu_time_ms + ran.cpu_time_ms,
+            memory_peak_bytes=max(built.memory_peak_bytes, ran.memory_peak_bytes),
+        )
+
+    async def _compile(self, s: Session, recipe: Recipe, code: bytes, limits: RunLimits, entry: str) -> RunResult:
+        """The compile step: its own jail, whose /mnt/data is a fresh private tmpfs; a success
+        is sealed into the cache by the daemon from that tmpfs."""
+        self._build_seq += 1
+        out = os.path.join(self.build_root, str(self._build_seq))
+        os.mkdir(out, 0o700)
+        st = self.settings.storage
+        try:
+            workspace.mount_tmpfs(out, min(st.session_max_bytes, 512 * 1024 * 1024), 4096, s.uid, s.uid)
+            built = await self.runner.run(
+                profile=recipe.profile,
+                program=recipe.compile_argv(),
+                source_name=recipe.source_name,
+                source=code,
+                session_dir=out,
+                outside_uid=s.uid,
+                limits=msgspec.structs.replace(limits, wall_timeout_s=recipe.compile_time_s),
+                env=recipe.env,
+            )
+            if built.exit_code == 0:
+                fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    sealed = await _in_thread(self.cache.insert, entry, fd, self.settings.limits.file_max_bytes)
+                finally:
+                    os.close(fd)
+                if not sealed:
+                    return msgspec.structs.replace(
+                        built, exit_code=1, status="error", message="the compiler produced no output",
+                        stderr=built.stderr + "[sandboxd] the compiler produced no output\n")
+            return built
+        finally:
+            workspace.unmount(out)
+            os.rmdir(out)
 
     def _place_inputs(self, s: Session, inputs: list[tuple[StoredFile, tuple[str, ...]]]) -> None:
         """Copy each input version into the run's session, unless that exact version is there."""

@@ -83,6 +83,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     # Outside uids/gids for jails: one per live session, never 0, never shared.
     uid_base: Annotated[int, Meta(ge=1000)] = 300000
     uid_count: Annotated[int, Meta(ge=1, le=1000000)] = 60000
+    # Compiled binaries reused across runs (root-owned, read-only to jails; LRU beyond the cap).
+    compile_cache_dir: str = "/opt/sandboxd/cache"
+    compile_cache_max_bytes: Annotated[int, Meta(ge=1 * MiB)] = 1 * GiB
     max_concurrent_runs: Annotated[int, Meta(ge=1, le=1024)] = 4
     # How long a request may wait for a run slot before it gets 429.
     queue_wait_s: Annotated[float, Meta(ge=0, le=600)] = 10.0

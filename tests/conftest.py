@@ -55,8 +55,10 @@ def state_dir_for(tmp: Path) -> str:
 
 def make_settings(tmp: Path, **overrides: Any) -> Settings:
     """Defaults as shipped, with a private state dir and cgroup, and smaller storage for speed."""
+    state = state_dir_for(tmp)
     base: dict[str, Any] = {
-        "state_dir": state_dir_for(tmp),
+        "state_dir": state,
+        "compile_cache_dir": state + "/cache",
         "jail_configs_dir": str(JAIL_CONFIGS),
         "cgroup_name": f"sandboxd-test-{os.getpid()}",
         "port": 0,
@@ -113,6 +115,7 @@ class LiveDaemon:
         storage.update(overrides.pop("storage", {}))
         lines = [
             f'state_dir = "{state_dir_for(tmp)}"',
+            f'compile_cache_dir = "{state_dir_for(tmp)}/cache"',
             f'jail_configs_dir = "{JAIL_CONFIGS}"',
             f'cgroup_name = "sandboxd-live-{os.getpid()}-{self.port}"',
             f"port = {self.port}",
