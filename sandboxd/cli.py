@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -218,7 +219,10 @@ def cmd_policy_show(ns: argparse.Namespace) -> int:
             file_max_bytes=lim.file_max_bytes, open_files_max=lim.open_files_max, log_fd=3,
             program=tuple(recipe.argv([])), env=recipe.env,
         ))
-        print(f"  {lang}: " + " ".join(argv))
+        print(f"  {lang}: " + shlex.join(argv))
+        if recipe.compile:
+            print(f"  {lang} compile step (own jail, private output tmpfs at /mnt/data): "
+                  + shlex.join(recipe.compile_argv()))
     with open(policy.seccomp_path, encoding="utf-8") as fh:
         print(f"\nseccomp policy ({policy.seccomp_path}):\n" + fh.read())
     return 0

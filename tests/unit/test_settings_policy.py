@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from sandboxd.errors import BadRequest, ConfigError
-from sandboxd.languages import resolve
+from sandboxd.languages import RECIPES, resolve
 from sandboxd.policy import JailRun, Policy
 from sandboxd.settings import load_settings
 
@@ -71,7 +71,7 @@ def test_argv_maps_ids_to_a_non_root_outside_uid_and_binds_session() -> None:
     assert argv.index("--config") < argv.index("--bindmount_ro")
 
 
-@pytest.mark.parametrize("profile", ["python", "bash"])
+@pytest.mark.parametrize("profile", sorted({r.profile for r in RECIPES.values()}))
 def test_shipped_profiles_pass_the_checks(profile: str) -> None:
     _policy(REPO / "jail-configs").check_profile(profile)
 
