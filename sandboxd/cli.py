@@ -189,7 +189,7 @@ def cmd_warm_cache(ns: argparse.Namespace) -> int:
 
 def cmd_policy_show(ns: argparse.Namespace) -> int:
     """Print the effective policy from the objects the runner uses, so it cannot drift."""
-    from .languages import RECIPES
+    from .languages import BIN_DIR, RECIPES
     from .policy import JailRun, Policy
 
     settings = _settings(ns)
@@ -215,9 +215,11 @@ def cmd_policy_show(ns: argparse.Namespace) -> int:
     for lang, recipe in sorted(RECIPES.items()):
         argv = policy.argv(JailRun(
             profile=recipe.profile, session_dir="<session tmpfs>", source_dir="<per-run source dir>",
-            outside_uid=settings.uid_base, wall_timeout_s=lim.wall_timeout_s + recipe.compile_time_s,
+            outside_uid=settings.uid_base,
+            wall_timeout_s=lim.wall_timeout_s + (0.0 if recipe.compile else recipe.compile_time_s),
             file_max_bytes=lim.file_max_bytes, open_files_max=lim.open_files_max, log_fd=3,
             program=tuple(recipe.argv([])), env=recipe.env,
+            ro_binds=(("<compile-cache entry>", BIN_DIR),) if recipe.compile else (),
         ))
         print(f"  {lang}: " + shlex.join(argv))
         if recipe.compile:
