@@ -67,8 +67,10 @@ def run_driver(agents_client_dir: Path, live_daemon: str) -> DriverRunner:
     `suffix` is appended to the daemon's base URL (LibreChat users set it with and without /v1).
     """
 
-    def run(scenario: str, suffix: str = "", timeout: float = 600) -> dict[str, Any]:
+    def run(scenario: str, suffix: str = "", timeout: float = 600, extra_env: dict[str, str] | None = None
+            ) -> dict[str, Any]:
         env = {k: v for k, v in os.environ.items() if k not in _DROP_ENV}
+        env.update(extra_env or {})
         env["LIBRECHAT_CODE_BASEURL"] = live_daemon.rstrip("/") + suffix
         env["NO_PROXY"] = "*"
         proc = subprocess.run(

@@ -190,6 +190,20 @@ scenarios.py_error = async () => {
   return { result };
 };
 
+/**
+ * execute_code in any language (E2E_LANG, E2E_CODE from the environment): the content string,
+ * the artifact, and the bytes of every generated file as LibreChat's backend downloads them.
+ */
+scenarios.lang = async () => {
+  const tool = createCodeExecutionTool();
+  const result = await invokeTool(tool, { lang: process.env.E2E_LANG, code: process.env.E2E_CODE });
+  const downloads = {};
+  for (const f of result.artifact?.files ?? []) {
+    downloads[f.name] = await download(f.storage_session_id ?? result.artifact.session_id, f.id);
+  }
+  return { result, downloads };
+};
+
 /** An unsupported language is rejected (400) and the tool reports "request was rejected". */
 scenarios.bad_lang = async () => {
   // The tool's schema rejects such a language before sending, so post as a stale client would.
