@@ -54,11 +54,14 @@ class Daemon:
             self.store = SessionStore(settings, self.runner, self.cache)
             self.store.clean_stale()
         except BaseException:
+            if hasattr(self, "runner"):
+                self.runner.close()
             os.close(self._lock_fd)
             raise
 
     async def close(self) -> None:
         await self.store.close()
+        self.runner.close()
         self.cgroups.teardown()
         os.close(self._lock_fd)
 

@@ -92,6 +92,8 @@ async def exec_code(request: web.Request) -> web.Response:
         raise BadRequest(f"Malformed JSON: {exc}") from None
     except RecursionError:
         raise BadRequest("Malformed JSON: nested too deeply") from None
+    except UnicodeDecodeError:
+        raise BadRequest("Malformed JSON: not valid UTF-8") from None
     reply = await request.app[STORE].execute(req, owner)
     return _json(reply)
 

@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import msgspec
 
+from . import workspace
 from .capture import HeadTail
 from .cgroups import CgroupLimits, CgroupManager, CgroupStats, RunCgroup
 from .errors import JailFailure
@@ -29,7 +30,8 @@ __all__ = ["RunLimits", "RunResult", "Runner", "classify"]
 log = logging.getLogger(__name__)
 LOG_KEEP_BYTES = 64 * 1024
 DRAIN_AFTER_EXIT_S = 2.0
-SUPERVISOR_EXIT_S = 2.0  # how long nsjail gets to exit once its jail is killed
+SUPERVISOR_EXIT_S = 2.0
+SRC_TMPFS_BYTES = 64 * 1024 * 1024  # sources in flight (code_max_bytes each, one per run slot)  # how long nsjail gets to exit once its jail is killed
 _LAUNCH_FAILURE_MARKERS = ("Couldn't launch the child process", "Launching child process failed")
 
 
@@ -140,9 +142,19 @@ class Runner:
         self._live: dict[int, tuple[RunCgroup, list[int]]] = {}
 
     def clean_stale(self) -> None:
-        """Per-run source directories left by a crashed instance."""
+        """Replace what a crashed instance left with a fresh tmpfs for per-run source dirs.
+
+        A tmpfs of its own, so a jail's /proc/self/mountinfo shows the source bind as a path
+        inside that tmpfs rather than the host path of the daemon's state directory."""
+        for point in workspace.mounted_under(self.src_root) + (
+                [self.src_root] if os.path.ismount(self.src_root) else []):
+            workspace.unmount(point)
         for entry in os.listdir(self.src_root):
             shutil.rmtree(os.path.join(self.src_root, entry), ignore_errors=True)
+        workspace.mount_tmpfs(self.src_root, SRC_TMPFS_BYTES, 4096, 0, 0, mode=0o711)
+
+    def close(self) -> None:
+        workspace.unmount(self.src_root)
 
     def kill_all(self) -> None:
         """Daemon shutdown: end every run in flight (their tasks then reap and clean up)."""
@@ -164,7 +176,7 @@ class Runner:
     ) -> RunResult:
         seq = next(self._seq)
         run_name = f"run-{os.getpid()}-{seq}"
-        src_dir = os.path.join(self.src_root, run_name)
+        src_dir = os.path.join(self.src_root, str(seq))
         os.mkdir(src_dir, 0o755)
         try:
             # Root-owned and read-only in the jail: the program cannot rewrite its own source.

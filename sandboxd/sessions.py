@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import datetime as dt
 import logging
 import math
@@ -24,7 +25,7 @@ from typing import NamedTuple, TypeVar
 
 from . import workspace
 from .admission import Admission
-from .errors import BadRequest, InputsUnavailable, NotFound, Unavailable
+from .errors import BadRequest, InputsUnavailable, NotFound, PayloadTooLarge, Unavailable
 from .ids import is_valid_id, new_id, redact
 from .compilecache import CompileCache
 from .languages import BIN_DIR, Recipe, resolve
@@ -493,6 +494,10 @@ class SessionStore:
                 try:
                     workspace.copy_into(src, dst, src_st.st_size)
                     dst_sig = Sig.of(os.fstat(dst))
+                except OSError as exc:
+                    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                        raise PayloadTooLarge("the input files do not fit in the session's storage") from None
+                    raise
                 finally:
                     os.close(dst)
                 if Sig.of(os.fstat(src)) != f.sig:  # changed while we copied

@@ -62,9 +62,9 @@ class Sig(NamedTuple):
         return cls(st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def mount_tmpfs(path: str, size_bytes: int, inodes: int, uid: int, gid: int) -> None:
+def mount_tmpfs(path: str, size_bytes: int, inodes: int, uid: int, gid: int, mode: int = 0o700) -> None:
     # nosuid,nodev: a jail that plants a setuid binary or device node gains nothing.
-    opts = f"size={size_bytes},nr_inodes={inodes},mode=0700,uid={uid},gid={gid}".encode()
+    opts = f"size={size_bytes},nr_inodes={inodes},mode={mode:04o},uid={uid},gid={gid}".encode()
     if _libc.mount(b"sandboxd", path.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, opts) != 0:
         err = ctypes.get_errno()
         raise ConfigError(f"cannot mount tmpfs at {path}: {os.strerror(err)}")
@@ -93,7 +93,11 @@ def validate_name(name: str) -> tuple[str, ...]:
     """A client- or jail-supplied relative path, as checked components. Raises BadRequest."""
     if not isinstance(name, str) or not name:
         raise BadRequest("file name must be a non-empty string")
-    if len(name.encode("utf-8", "surrogatepass")) > PATH_MAX_BYTES:
+    try:
+        encoded = name.encode("utf-8")  # strict: a jail's non-UTF-8 bytes (surrogates) are refused
+    except UnicodeEncodeError:
+        raise BadRequest("file name is not valid UTF-8") from None
+    if len(encoded) > PATH_MAX_BYTES:
         raise BadRequest("file name is too long")
     if name.startswith("/") or "\\" in name:
         raise BadRequest("file name must be a relative path")
@@ -103,7 +107,7 @@ def validate_name(name: str) -> tuple[str, ...]:
     if not parts or len(parts) > PATH_MAX_DEPTH:
         raise BadRequest("file name has too many or no components")
     for part in parts:
-        if part in (".", "..") or len(part.encode("utf-8", "surrogatepass")) > NAME_MAX_BYTES:
+        if part in (".", "..") or len(part.encode("utf-8")) > NAME_MAX_BYTES:
             raise BadRequest("file name has an invalid component")
     return parts
 
@@ -238,9 +242,14 @@ def write_stream_chunk(fd: int, data: bytes, written: int, limit: int) -> int:
     if written + len(data) > limit:
         raise PayloadTooLarge(f"file exceeds the upload limit of {limit} bytes")
     view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
+    try:
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise PayloadTooLarge("the upload does not fit in the session's storage") from None
+        raise
     return written + len(data)
 
 

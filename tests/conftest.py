@@ -58,7 +58,7 @@ def make_settings(tmp: Path, **overrides: Any) -> Settings:
     state = state_dir_for(tmp)
     base: dict[str, Any] = {
         "state_dir": state,
-        "compile_cache_dir": state + "/cache",
+        "compile_cache_dir": state + "-cache",
         "jail_configs_dir": str(JAIL_CONFIGS),
         "cgroup_name": f"sandboxd-test-{os.getpid()}",
         "port": 0,
@@ -115,7 +115,7 @@ class LiveDaemon:
         storage.update(overrides.pop("storage", {}))
         lines = [
             f'state_dir = "{state_dir_for(tmp)}"',
-            f'compile_cache_dir = "{state_dir_for(tmp)}/cache"',
+            f'compile_cache_dir = "{state_dir_for(tmp)}-cache"',
             f'jail_configs_dir = "{JAIL_CONFIGS}"',
             f'cgroup_name = "sandboxd-live-{os.getpid()}-{self.port}"',
             f"port = {self.port}",

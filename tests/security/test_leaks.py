@@ -190,9 +190,6 @@ async def test_daemon_source_and_config_paths_are_not_exposed(client: Any) -> No
     assert await jail_json(client, code) == [False, False]
 
 
-@pytest.mark.xfail(strict=True, reason="GAP: /proc/self/mountinfo in the jail shows the host path of the "
-                   "per-run source directory (<state_dir>/src/run-<daemon pid>-<n>), revealing the daemon's "
-                   "state directory and pid")
 async def test_mountinfo_reveals_no_host_state_paths(client: Any) -> None:
     state = settings_of(client).state_dir
     body = await run(client, "print(open('/proc/self/mountinfo').read())")

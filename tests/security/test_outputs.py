@@ -229,10 +229,6 @@ async def test_inputs_are_copied_not_linked(client: Any) -> None:
     assert await orig.read() == b"v1"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "GAP: a file the jail names with bytes that are not UTF-8 (b'\\xff\\xfe.txt') is registered by the "
-    "walk under a surrogate-escaped str; encoding the /exec reply then raises UnicodeEncodeError "
-    "(surrogates not allowed) in http._json, so the run answers 500 internal_error and its output is lost"))
 async def test_non_utf8_output_name_does_not_break_the_reply(client: Any) -> None:
     code = ("import os\nos.close(os.open(b'\\xff\\xfe.txt', os.O_CREAT | os.O_WRONLY))\n" + ORDINARY
             + "print('done')\n")
