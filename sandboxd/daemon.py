@@ -56,6 +56,8 @@ class Daemon:
         except BaseException:
             if hasattr(self, "runner"):
                 self.runner.close()
+            if hasattr(self, "cgroups"):
+                self.cgroups.teardown()
             os.close(self._lock_fd)
             raise
 

@@ -381,16 +381,7 @@ class SessionStore:
                     if recipe.compile:
                         result = await self._compile_and_run(s, recipe, code, args, limits)
                     else:
-                        result = await self.runner.run(
-                            profile=recipe.profile,
-                            program=recipe.argv(args),
-                            source_name=recipe.source_name,
-                            source=code,
-                            session_dir=s.path,
-                            outside_uid=s.uid,
-                            limits=limits,
-                            env=recipe.env,
-                        )
+                        result = await self._run_step(s, recipe, code, args, limits)
                     found = await _in_thread(
                         workspace.walk, s.fd, WALK_MAX_ENTRIES, self.settings.limits.file_max_bytes
                     )
@@ -403,6 +394,23 @@ class SessionStore:
         if self.total_usage() > self.settings.storage.storage_max_bytes:
             self._evict(0, 0, keep=s)
         return self._reply(s, result, files, deleted)
+
+    async def _run_step(
+        self, s: Session, recipe: Recipe, code: bytes, args: list[str], limits: RunLimits,
+        ro_binds: tuple[tuple[str, str], ...] = (),
+    ) -> RunResult:
+        """The user's program, in a jail whose /mnt/data is the session."""
+        return await self.runner.run(
+            profile=recipe.profile,
+            program=recipe.argv(args),
+            source_name=recipe.source_name,
+            source=code,
+            session_dir=s.path,
+            outside_uid=s.uid,
+            limits=limits,
+            env=recipe.env,
+            ro_binds=ro_binds,
+        )
 
     async def _compile_and_run(
         self, s: Session, recipe: Recipe, code: bytes, args: list[str], limits: RunLimits
@@ -417,17 +425,7 @@ class SessionStore:
                     built = await self._compile(s, recipe, code, limits, entry)
                     if built.exit_code != 0:
                         return built
-            ran = await self.runner.run(
-                profile=recipe.profile,
-                program=recipe.argv(args),
-                source_name=recipe.source_name,
-                source=code,
-                session_dir=s.path,
-                outside_uid=s.uid,
-                limits=limits,
-                env=recipe.env,
-                ro_binds=((entry, BIN_DIR),),
-            )
+            ran = await self._run_step(s, recipe, code, args, limits, ro_binds=((entry, BIN_DIR),))
         finally:
             self.cache.release(entry)
         if built is None:

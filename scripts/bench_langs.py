@@ -13,23 +13,20 @@ paths mapped to a scratch directory. Medians in ms. Usage (as root, after script
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchlib import bench_daemon, exec_once  # noqa: E402
 from sandboxd.languages import BIN_DIR, OUT_DIR, RECIPES, SOURCE_DIR  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HELLO = {
     "py": ("print('hello', {n})", "#"),
     "bash": ("echo hello {n}", "#"),
@@ -46,24 +43,6 @@ HELLO = {
     "f90": ("program hello\n  print *, 'hello', {n}\nend program hello", "!"),
     "r": ("cat('hello', {n}, '\\n')", "#"),
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def exec_once(url: str, lang: str, code: str) -> float:
-    req = urllib.request.Request(url + "/exec", data=json.dumps({"lang": lang, "code": code}).encode(),
-                                 headers={"Content-Type": "application/json"})
-    t = time.perf_counter()
-    with urllib.request.urlopen(req, timeout=300) as r:
-        reply = json.loads(r.read())
-    elapsed = time.perf_counter() - t
-    if reply["status"] != "ok" or "hello" not in reply["stdout"]:
-        raise SystemExit(f"{lang}: jailed run failed: {reply['stderr'][-800:]}")
-    return elapsed
 
 
 def source(lang: str, n: int, unique: str = "") -> str:
@@ -103,49 +82,26 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--langs", default=",".join(HELLO))
     ns = ap.parse_args()
-    work = tempfile.mkdtemp(prefix="sandboxd-bench-", dir="/tmp")
-    os.chmod(work, 0o711)
-    port = free_port()
-    config = os.path.join(work, "bench.toml")
-    with open(config, "w") as fh:
-        fh.write(f'state_dir = "{work}/state"\ncompile_cache_dir = "{work}/cache"\n'
-                 f'jail_configs_dir = "{REPO}/jail-configs"\ncgroup_name = "sandboxd-bench-{os.getpid()}"\n'
-                 f"port = {port}\n")
-    daemon = subprocess.Popen([sys.executable, "-m", "sandboxd", "serve", "--config", config],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(url + "/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
-        scratch = os.path.join(work, "bare")
-        os.mkdir(scratch)
+    with bench_daemon() as (url, scratch):
         print(f"runs per cell: {ns.runs}; medians in ms; {os.cpu_count()} cores")
         print("| lang | bare toolchain | /exec cold | cold / bare | /exec cache hit | hit / cold |")
         print("|---|---|---|---|---|---|")
         counter = 0
         for lang in ns.langs.split(","):
             hit_src = source(lang, 7)
-            exec_once(url, lang, hit_src)  # warm page cache and fill the entry
+            exec_once(url, lang, hit_src, 'hello')  # warm page cache and fill the entry
             bare_once(lang, hit_src, scratch)
             bare, cold, hit = [], [], []
             for _ in range(ns.runs):
                 counter += 1
                 unique = source(lang, 7, f"run {counter} {time.time_ns()}")
                 bare.append(bare_once(lang, unique, scratch))
-                cold.append(exec_once(url, lang, unique))
-                hit.append(exec_once(url, lang, hit_src))
+                cold.append(exec_once(url, lang, unique, 'hello'))
+                hit.append(exec_once(url, lang, hit_src, 'hello'))
             b, c, h = (statistics.median(x) * 1000 for x in (bare, cold, hit))
             compiled = bool(RECIPES[lang].compile)
             print(f"| {lang} | {b:.0f} | {c:.0f} | {c / b:.2f}x | {h:.0f} | "
                   + (f"{h / c:.2f}x |" if compiled else "(no compile step) |"))
-    finally:
-        daemon.terminate()
-        daemon.wait(timeout=60)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
