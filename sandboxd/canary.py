@@ -99,7 +99,7 @@ async def run_canaries(store: SessionStore, log: Callable[[Check], object] | Non
     """Run the probes in a throwaway session; return every check (the caller decides)."""
     py = RECIPES["py"]
     base = store.settings.limits
-    s = store._create(CANARY_OWNER)
+    s = store.create_session(CANARY_OWNER)
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         listener.bind(("127.0.0.1", 0))
@@ -127,7 +127,7 @@ async def run_canaries(store: SessionStore, log: Callable[[Check], object] | Non
     finally:
         listener.close()
         async with s.lock:
-            store._drop(s)
+            store.drop_session(s)
     if log is not None:
         for c in checks:
             log(c)

@@ -107,13 +107,19 @@ def _with_note(stderr: str, exit_code: int, sig_name: str | None, message: str |
     return f"{stderr}{sep}[sandboxd] {note}\n"
 
 
+async def _kill(cg: RunCgroup, spare: int | None = None) -> None:
+    """Kill the run's processes off the event loop: a fork bomb re-spawning under the kill
+    loop must not stall every other request."""
+    await asyncio.to_thread(cg.kill_all, spare)
+
+
 async def _until_released(cg: RunCgroup, deadline_s: float = 5.0) -> None:
     end = time.monotonic() + deadline_s
     while cg.tasks_left() > 0:
         if time.monotonic() > end:
             log.warning("run cgroup still holds %d tasks after kill", cg.tasks_left())
             return
-        cg.kill_all()
+        await _kill(cg)
         await asyncio.sleep(0.002)
 
 
@@ -268,7 +274,7 @@ class Runner:
                 sink.feed(chunk)
                 if kill_at is not None and sink.total > kill_at and not output_killed.is_set():
                     output_killed.set()
-                    cg.kill_all(spare=spare)
+                    await _kill(cg, spare)
 
         pumps = [
             asyncio.ensure_future(pump(proc.stdout, stdout, limits.stream_kill_bytes)),
@@ -281,7 +287,7 @@ class Runner:
                 await asyncio.wait_for(proc.wait(), timeout=limits.wall_timeout_s)
             except TimeoutError:
                 timed_out = True
-                cg.kill_all(spare=spare)
+                await _kill(cg, spare)
                 try:
                     await asyncio.wait_for(proc.wait(), timeout=SUPERVISOR_EXIT_S)
                 except TimeoutError:  # nsjail itself stuck: the last resort
@@ -290,14 +296,14 @@ class Runner:
             wall_s = time.monotonic() - started
             # The jail's pid 1 is gone, so its namespace is gone; sweep the cgroup anyway and
             # wait until every task of the run is reaped, not just dead.
-            cg.kill_all()
+            await _kill(cg)
             await _until_released(cg)
             done, pending = await asyncio.wait(pumps, timeout=DRAIN_AFTER_EXIT_S)
             for task in pending:
                 task.cancel()
         finally:
             if proc.returncode is None:  # cancelled: kill, then reap before leaving
-                cg.kill_all(spare=spare)
+                await asyncio.shield(_kill(cg, spare))
                 try:
                     await asyncio.wait_for(asyncio.shield(proc.wait()), timeout=SUPERVISOR_EXIT_S)
                 except TimeoutError:

@@ -162,7 +162,7 @@ class SessionStore:
         self.runner.kill_all()
         for s in list(self.sessions.values()):
             async with s.lock:
-                self._drop(s)
+                self.drop_session(s)
 
     # ---- sessions and uids -----------------------------------------------------------------
 
@@ -175,7 +175,7 @@ class SessionStore:
         self._next_uid += 1
         return uid
 
-    def _create(self, owner: str) -> Session:
+    def create_session(self, owner: str) -> Session:
         if self.closing:
             raise Unavailable("The daemon is shutting down")
         if len(self.sessions) >= self.settings.storage.sessions_max:
@@ -202,7 +202,7 @@ class SessionStore:
         log.info("session %s created (uid %d)", redact(sid), uid)
         return s
 
-    def _drop(self, s: Session) -> None:
+    def drop_session(self, s: Session) -> None:
         if s.closed:
             return
         s.closed = True
@@ -228,7 +228,7 @@ class SessionStore:
             if s is keep or s.busy or s.lock.locked():
                 continue
             log.info("evicting session %s (storage pressure)", redact(s.id))
-            self._drop(s)
+            self.drop_session(s)
         if len(self.sessions) + need_sessions > self.settings.storage.sessions_max:
             raise Unavailable("Session storage is full")
 
@@ -240,7 +240,7 @@ class SessionStore:
         cutoff = time.time() - self.settings.storage.session_ttl_s
         for s in list(self.sessions.values()):
             if s.last_used < cutoff and not s.busy and not s.lock.locked():
-                self._drop(s)
+                self.drop_session(s)
         self._evict(need_sessions=0, need_bytes=0)
 
     def get_session(self, sid: str, owner: str) -> Session:
@@ -277,14 +277,14 @@ class SessionStore:
     # ---- uploads and deletes ---------------------------------------------------------------
 
     def new_upload_session(self, owner: str) -> Session:
-        s = self._create(owner)
+        s = self.create_session(owner)
         s.busy += 1
         return s
 
     def end_upload(self, s: Session) -> None:
         s.busy -= 1
         if not s.files:
-            self._drop(s)  # nothing stored: don't keep an empty mount
+            self.drop_session(s)  # nothing stored: don't keep an empty mount
             return
         self._touch(s)
         if self.total_usage() > self.settings.storage.storage_max_bytes:
@@ -369,7 +369,7 @@ class SessionStore:
                 if s is not None and s.owner != owner:
                     s = None
             if s is None:
-                s = self._create(owner)
+                s = self.create_session(owner)
             s.busy += 1
             for f, _ in inputs:
                 f.session.busy += 1
