@@ -221,9 +221,14 @@ def cmd_policy_show(ns: argparse.Namespace) -> int:
             program=tuple(recipe.argv([])), env=recipe.env,
             ro_binds=(("<compile-cache entry>", BIN_DIR),) if recipe.compile else (),
         ))
-        print(f"  {lang}: " + shlex.join(argv))
+        floors = [f"memory >= {recipe.memory_max_bytes} bytes" if recipe.memory_max_bytes else "",
+                  f"pids >= {recipe.pids_max}" if recipe.pids_max else "",
+                  f"compile time {recipe.compile_time_s:g} s" if recipe.compile_time_s else "",
+                  "needs " + ", ".join(recipe.requires) if recipe.requires else ""]
+        print(f"  {lang}: profile {recipe.profile}; " + ("; ".join(f for f in floors if f) or "server defaults"))
+        print(f"  {lang} run: " + shlex.join(argv))
         if recipe.compile:
-            print(f"  {lang} compile step (own jail, private output tmpfs at /mnt/data): "
+            print(f"  {lang} compile (own jail, private output tmpfs at /mnt/data): "
                   + shlex.join(recipe.compile_argv()))
     with open(policy.seccomp_path, encoding="utf-8") as fh:
         print(f"\nseccomp policy ({policy.seccomp_path}):\n" + fh.read())
