@@ -322,15 +322,18 @@ class CgroupV2:
                 f"cgroup v2 controllers {sorted(want - available)} are not delegated to {self.base} "
                 "(run under systemd with Delegate=yes)"
             )
-        if self.base != os.path.normpath(self.root):
-            # "No internal processes": leave the delegated group before enabling controllers.
+        # "No internal processes": leave the delegated group before enabling controllers. Also
+        # at "/" as seen from here: inside a private cgroup namespace (a container) that root is
+        # an ordinary group on the host, bound by the same rule.
+        procs = _pids(os.path.join(self.base, "cgroup.procs"))
+        if procs:
             supervisor = os.path.join(self.base, "supervisor")
             os.makedirs(supervisor, exist_ok=True)
-            for pid in _pids(os.path.join(self.base, "cgroup.procs")):
+            for pid in procs:
                 try:
                     _write(os.path.join(supervisor, "cgroup.procs"), str(pid))
-                except ProcessLookupError:
-                    pass
+                except (ProcessLookupError, OSError):
+                    pass  # gone, or a kernel thread of the real root: both may stay
         enable = " ".join("+" + c for c in V2_CONTROLLERS)
         _write(os.path.join(self.base, "cgroup.subtree_control"), enable)
         os.makedirs(self.jails, exist_ok=True)

@@ -51,7 +51,7 @@ def _fake_v2(tmp_path: Path, controllers: str) -> Path:
     base.mkdir(parents=True)
     (tmp_path / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
     (base / "cgroup.controllers").write_text(controllers)
-    (base / "cgroup.procs").write_text("")
+    (base / "cgroup.procs").write_text("4242\n")  # the daemon itself
     (base / "cgroup.subtree_control").write_text("")
     return base
 
@@ -70,8 +70,10 @@ def test_v2_setup_enables_controllers_and_places_runs_under_own_child(tmp_path: 
     jails = base / "jails"
     jails.mkdir()
     (jails / "cgroup.subtree_control").write_text("")
+    (base / "supervisor").mkdir()
+    (base / "supervisor" / "cgroup.procs").write_text("")
     cg.setup()
-    assert (base / "supervisor").is_dir()
+    assert (base / "supervisor" / "cgroup.procs").read_text() == "4242"  # moved out first
     assert (base / "cgroup.subtree_control").read_text() == "+memory +pids +cpu"
     assert (jails / "cgroup.subtree_control").read_text() == "+memory +pids +cpu"
     assert cg.jails == str(jails)
