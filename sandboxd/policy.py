@@ -16,9 +16,13 @@ from .errors import ConfigError
 from .pbtext import Message, Value, parse
 from .languages import SOURCE_DIR
 
-__all__ = ["JailRun", "Policy", "INSIDE_ID", "SESSION_MOUNT", "NAMESPACES"]
+__all__ = ["JailRun", "Policy", "INSIDE_ID", "JAIL_INIT", "SESSION_MOUNT", "NAMESPACES"]
 
 INSIDE_ID = 1000  # the uid/gid user code sees; mapped to a per-session outside id
+# The jail's pid 1. A program running as pid 1 ignores every signal it has no handler for
+# (its own SIGALRM, SIGTERM, `kill -SEGV $$`) and inherits every orphan as a zombie; tini
+# forwards signals, reaps orphans and exits with the program's status (128+N for a signal).
+JAIL_INIT = ("/usr/bin/tini", "--")
 SESSION_MOUNT = "/mnt/data"
 SECCOMP_FILE = "seccomp.kafel"
 NAMESPACES = ("clone_newnet", "clone_newuser", "clone_newns", "clone_newpid", "clone_newipc", "clone_newuts",
@@ -83,6 +87,8 @@ class Policy:
             raise ConfigError(f"seccomp policy missing: {self.seccomp_path}")
         if not os.access(nsjail_path, os.X_OK):
             raise ConfigError(f"nsjail is not executable at {nsjail_path}")
+        if not os.access(JAIL_INIT[0], os.X_OK):
+            raise ConfigError(f"the jail init {JAIL_INIT[0]} is missing (apt-get install tini)")
 
     def profile_path(self, profile: str) -> str:
         if not re.fullmatch(r"[a-z0-9_-]+", profile):
@@ -157,7 +163,8 @@ class Policy:
                      f"{uid_range[0]}..{uid_range[1]} (never 0)")
         lines.append(f"  capabilities: {'kept' if _one(msg, 'keep_caps', False) else 'none'}; no_new_privs: "
                      f"{'OFF' if _one(msg, 'disable_no_new_privs', False) else 'on'}")
-        lines.append(f"  cwd: {_one(msg, 'cwd', '/')}; hostname: {_one(msg, 'hostname', 'NSJAIL')}")
+        lines.append(f"  cwd: {_one(msg, 'cwd', '/')}; hostname: {_one(msg, 'hostname', 'NSJAIL')}; "
+                     f"pid 1: {' '.join(JAIL_INIT)} <program>")
         lines.append("  mounts (in order; root is an empty read-only tmpfs):")
         for m in _sub(msg, "mount"):
             dst = _one(m, "dst", "")
@@ -205,5 +212,6 @@ class Policy:
             *(item for host, jail in run.ro_binds for item in ("--bindmount_ro", f"{host}:{jail}")),
             *(item for kv in run.env for item in ("--env", kv)),
             "--",
+            *JAIL_INIT,
             *run.program,
         ]

@@ -13,8 +13,9 @@ export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1
 
 if [ "$(id -u)" -ne 0 ]; then echo "setup-host.sh must run as root" >&2; exit 1; fi
 
+# tini: the jails' pid 1 (signals and orphans behave as on an ordinary machine).
 apt_pkgs=(python3 python3-venv python3-dev ca-certificates bash coreutils util-linux procps
-          fonts-dejavu-core libfreetype6)
+          fonts-dejavu-core libfreetype6 tini)
 missing=()
 for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -60,8 +60,25 @@ async def test_error_exit_is_200_with_traceback(client: Any) -> None:
     assert body["stderr"].rstrip().endswith("ValueError: boom")
     silent = await run(client, "echo partial; exit 3", lang="bash")
     assert silent["exit_code"] == 3 and silent["stderr"] == "[sandboxd] exited with code 3\n"
-    killed = await run(client, "sh -c 'kill -SEGV $$'", lang="bash")  # the jail's pid 1 ignores signals
+    killed = await run(client, "kill -SEGV $$", lang="bash")
     assert killed["signal"] == "SIGSEGV" and killed["stderr"].endswith("[sandboxd] killed by SIGSEGV\n")
+
+
+async def test_programs_behave_as_on_an_ordinary_machine_not_as_pid_1(client: Any) -> None:
+    # As the namespace's pid 1 a program would ignore its own default-action signals and
+    # collect every orphan as a zombie; tini runs as pid 1 instead.
+    alarm = await run(client, "import signal, time\nsignal.alarm(1)\ntime.sleep(5)\nprint('not reached')")
+    assert alarm["signal"] == "SIGALRM" and "not reached" not in alarm["stdout"]
+    assert alarm["wall_time_ms"] < 3000
+    orphans = await run(client, (
+        "import os, time, subprocess\n"
+        "procs = [subprocess.Popen(['sh', '-c', 'sleep 0.05 & exit 0']) for _ in range(20)]\n"
+        "[p.wait() for p in procs]\n"
+        "time.sleep(0.5)\n"
+        "stats = [open(f'/proc/{p}/stat').read().split(') ')[1].split() for p in os.listdir('/proc') if p.isdigit()]\n"
+        "orphan_zombies = [s for s in stats if s[0] == 'Z' and s[1] == '1']\n"
+        "print(os.getpid() != 1, len(orphan_zombies))\n"))
+    assert orphans["stdout"] == "True 0\n", orphans  # the 20 orphaned sleeps were reaped
 
 
 async def test_cwd_and_home_are_mnt_data(client: Any) -> None:

@@ -10,6 +10,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from sandboxd.policy import JAIL_INIT
+
 from ._util import jail_json, profile_env, run, settings_of, store_of
 
 pytestmark = pytest.mark.jail
@@ -65,8 +67,9 @@ async def test_host_processes_are_invisible_and_proc_1_is_the_jail(client: Any) 
             "print(json.dumps([pids, open('/proc/1/cmdline', 'rb').read().split(b'\\0')[0].decode(),"
             " os.getpid(), sorted(open('/proc/1/environ', 'rb').read().split(b'\\0'))[-1].decode()]))\n")
     pids, init_cmd, mypid, _ = await jail_json(client, code)
-    assert pids == [1] and mypid == 1
-    assert init_cmd.endswith("python3") and init_cmd != host_init
+    # Only the jail's own two processes: its init (tini, pid 1) and the program.
+    assert pids == [1, 2] and mypid == 2
+    assert init_cmd == JAIL_INIT[0] and init_cmd != host_init
     env1 = await jail_json(client, "import json; print(json.dumps(open('/proc/1/environ').read().split('\\0')))")
     try:  # the host's init may hide its environment even from root here
         host_env1 = {e for e in Path("/proc/1/environ").read_bytes().decode(errors="replace").split("\0") if e}
@@ -78,7 +81,7 @@ async def test_host_processes_are_invisible_and_proc_1_is_the_jail(client: Any) 
                                    "p = subprocess.Popen(['sleep', '1'])\n"
                                    "print(json.dumps(sorted(int(x) for x in os.listdir('/proc') if x.isdigit())))\n"
                                    "p.kill()\n")
-    assert twin[0] == 1 and len(twin) == 2  # its own child is visible
+    assert twin[0] == 1 and len(twin) == 3  # init, the program and its own child are visible
 
 
 async def test_jail_environment_is_exactly_the_allowlist(client: Any, monkeypatch: pytest.MonkeyPatch) -> None:

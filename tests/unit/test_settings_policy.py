@@ -55,7 +55,7 @@ def test_unknown_language_is_400_naming_it() -> None:
 
 
 def _policy(configs: Path) -> Policy:
-    return Policy(str(configs), "/bin/true")
+    return Policy(str(configs), "/bin/true")  # argv rendering only: nsjail is not run here
 
 
 def test_argv_maps_ids_to_a_non_root_outside_uid_and_binds_session() -> None:
@@ -66,7 +66,7 @@ def test_argv_maps_ids_to_a_non_root_outside_uid_and_binds_session() -> None:
     assert "--user 1000:300007:1" in joined and "--group 1000:300007:1" in joined
     assert "--bindmount /s:/mnt/data" in joined and "--bindmount_ro /src:/tmp/code" in joined
     assert "--time_limit 4" in joined and "--rlimit_fsize 10" in joined and "--log_fd 7" in joined
-    assert argv[-3:] == ["--", "/bin/py", "x"]
+    assert argv[-5:] == ["--", "/usr/bin/tini", "--", "/bin/py", "x"]  # tini is the jail's pid 1
     # The config comes first so the per-run binds are mounted after its tmpfs /tmp.
     assert argv.index("--config") < argv.index("--bindmount_ro")
 
