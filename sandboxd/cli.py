@@ -218,7 +218,8 @@ def cmd_policy_show(ns: argparse.Namespace) -> int:
             outside_uid=settings.uid_base,
             wall_timeout_s=lim.wall_timeout_s + (0.0 if recipe.compile else recipe.compile_time_s),
             file_max_bytes=lim.file_max_bytes, open_files_max=lim.open_files_max, log_fd=3,
-            program=tuple(recipe.argv([])), env=recipe.env,
+            program=tuple(recipe.argv([], max(lim.memory_max_bytes, recipe.memory_max_bytes or 0))),
+            env=recipe.env,
             ro_binds=(("<compile-cache entry>", BIN_DIR),) if recipe.compile else (),
         ))
         floors = [f"memory >= {recipe.memory_max_bytes} bytes" if recipe.memory_max_bytes else "",
@@ -229,7 +230,7 @@ def cmd_policy_show(ns: argparse.Namespace) -> int:
         print(f"  {lang} run: " + shlex.join(argv))
         if recipe.compile:
             print(f"  {lang} compile (own jail, private output tmpfs at /mnt/data): "
-                  + shlex.join(recipe.compile_argv()))
+                  + shlex.join(recipe.compile_argv(max(lim.memory_max_bytes, recipe.memory_max_bytes or 0))))
     with open(policy.seccomp_path, encoding="utf-8") as fh:
         print(f"\nseccomp policy ({policy.seccomp_path}):\n" + fh.read())
     return 0

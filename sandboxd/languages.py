@@ -48,15 +48,18 @@ class Recipe(msgspec.Struct, frozen=True, kw_only=True):
     def missing(self) -> list[str]:
         return [path for path in self.requires if not os.access(path, os.X_OK)]
 
-    def argv(self, args: list[str]) -> list[str]:
-        return self._fill(self.run) + list(args)
+    def argv(self, args: list[str], memory_max_bytes: int | None = None) -> list[str]:
+        return self._fill(self.run, memory_max_bytes) + list(args)
 
-    def compile_argv(self) -> list[str]:
-        return self._fill(self.compile)
+    def compile_argv(self, memory_max_bytes: int | None = None) -> list[str]:
+        return self._fill(self.compile, memory_max_bytes)
 
-    def _fill(self, parts: tuple[str, ...]) -> list[str]:
+    def _fill(self, parts: tuple[str, ...], memory_max_bytes: int | None) -> list[str]:
+        """{src}: the source path in the jail; {memory_max_bytes}: the run's memory limit (for
+        runtimes that cannot see their cgroup, such as the JVM)."""
         src = f"{SOURCE_DIR}/{self.source_name}"
-        return [part.replace("{src}", src) for part in parts]
+        memory = str(memory_max_bytes or self.memory_max_bytes or 0)
+        return [part.replace("{src}", src).replace("{memory_max_bytes}", memory) for part in parts]
 
 
 MiB = 1024 * 1024
@@ -65,8 +68,8 @@ NODE = "/usr/bin/node"
 TSX_CLI = "/opt/sandboxd/node-tools/node_modules/tsx/dist/cli.mjs"
 # The JVM sizes its heap from MaxRAM: inside the jail it cannot see the cgroup limit and would
 # size itself from the host's RAM, so a heap-hungry program would be OOM-killed instead of
-# getting an OutOfMemoryError. The recipe's memory floor is the MaxRAM it assumes; the other
-# half is left for metaspace, code cache, thread stacks and javac.
+# getting an OutOfMemoryError. MaxRAM is the run's own memory limit (at least this floor); half
+# of it is heap, the other half is left for metaspace, code cache, thread stacks and javac.
 JAVA_MEMORY_FLOOR = 1024 * MiB
 
 
@@ -78,7 +81,7 @@ def _native(*compiler: str, libs: tuple[str, ...] = ()) -> tuple[str, ...]:
 NATIVE_RUN = (f"{BIN_DIR}/main",)  # the cached binary
 
 
-_JVM = ("-XX:+UseSerialGC", "-XX:-UsePerfData", f"-XX:MaxRAM={JAVA_MEMORY_FLOOR}", "-XX:MaxRAMPercentage=50")
+_JVM = ("-XX:+UseSerialGC", "-XX:-UsePerfData", "-XX:MaxRAM={memory_max_bytes}", "-XX:MaxRAMPercentage=50")
 
 
 def _java() -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -402,7 +402,7 @@ class SessionStore:
         """The user's program, in a jail whose /mnt/data is the session."""
         return await self.runner.run(
             profile=recipe.profile,
-            program=recipe.argv(args),
+            program=recipe.argv(args, limits.memory_max_bytes),
             source_name=recipe.source_name,
             source=code,
             session_dir=s.path,
@@ -450,7 +450,7 @@ class SessionStore:
             workspace.mount_tmpfs(out, min(st.session_max_bytes, 512 * 1024 * 1024), 4096, s.uid, s.uid)
             built = await self.runner.run(
                 profile=recipe.profile,
-                program=recipe.compile_argv(),
+                program=recipe.compile_argv(limits.memory_max_bytes),
                 source_name=recipe.source_name,
                 source=code,
                 session_dir=out,

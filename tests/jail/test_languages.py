@@ -489,3 +489,15 @@ async def test_missing_toolchain_is_400_naming_the_language(client: Any, monkeyp
     assert (await resp.json())["message"] == "Unsupported language: php (its runtime is not installed on this server)"
     twin = await run(client, CASES["js"].hello, "js", args=ARGS)  # other languages still run
     assert twin["stdout"] == HELLO_OUT
+
+
+@pytest.mark.parametrize("limit_mib", [1024, 2048])
+async def test_java_heap_follows_the_runs_memory_limit(make_client: Any, limit_mib: int) -> None:
+    """MaxRAM is the run's own memory limit: raising the server's limit raises the heap."""
+    client = await make_client(limits={"memory_max_bytes": limit_mib * MiB})
+    code = ("public class Main { public static void main(String[] a) {\n"
+            "  System.out.println(Runtime.getRuntime().maxMemory() / (1024 * 1024)); } }\n")
+    body = await run(client, code, "java")
+    assert body["status"] == "ok", body["stderr"]
+    heap_mib = int(body["stdout"])
+    assert limit_mib * 0.4 <= heap_mib <= limit_mib * 0.5  # MaxRAMPercentage=50 of the limit
