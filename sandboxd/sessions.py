@@ -13,7 +13,6 @@ import contextlib
 import errno
 import datetime as dt
 import logging
-import math
 import mimetypes
 import os
 import time
@@ -530,7 +529,7 @@ class SessionStore:
                 s.known.pop(name)
                 if known.storage_session_id == s.id:
                     self._retire(s, known.file_id)
-        return (new + kept)[: max(cap, len(new))], deleted
+        return (new + kept)[:cap], deleted  # new files first: they are what the client lacks
 
     def _reply(self, s: Session, r: RunResult, files: list[OutFile], deleted: list[str]) -> ExecReply:
         return ExecReply(
@@ -554,6 +553,3 @@ class SessionStore:
     def list_files(self, sid: str, owner: str) -> Iterator[StoredFile]:
         s = self.get_session(sid, owner)
         return iter(sorted(s.files.values(), key=lambda f: f.name))
-
-    def retry_after_s(self) -> int:
-        return max(1, math.ceil(self.admission.retry_after_s))
