@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -126,13 +127,32 @@ class LiveDaemon:
         lines += [f"{k} = {v}" for k, v in storage.items()]
         config.write_text("\n".join(lines) + "\n")
         load_settings(str(config))  # fail here, not in the child, on a bad test config
-        self.log = open(tmp / "daemon.log", "wb")
+        self.config = config
+        self.log = open(tmp / "daemon.log", "ab")
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.start()
+
+    def start(self) -> None:
+        """(Re)start `sandboxd serve` on this config: same port, state dir and cgroup name."""
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sandboxd", "serve", "--config", str(config)],
+            [sys.executable, "-m", "sandboxd", "serve", "--config", str(self.config)],
             stdout=self.log, stderr=subprocess.STDOUT,
         )
-        self.url = f"http://127.0.0.1:{self.port}"
         self._wait_ready()
+
+    def crash(self) -> None:
+        """SIGKILL: the daemon gets no chance to clean up."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def leftovers(self, running: bool = False) -> tuple[list[str], list[Path]]:
+        """Mounts under this daemon's state dir and its run cgroups. With `running`, the live
+        instance's own source tmpfs (state/src, one per daemon) is expected and not counted."""
+        state = state_dir_for(self.tmp)
+        mounts = [line for line in Path("/proc/self/mounts").read_text().splitlines()
+                  if state in line and not (running and line.split()[1] == f"{state}/src")]
+        name = f"sandboxd-live-{os.getpid()}-{self.port}"
+        return mounts, list(Path("/sys/fs/cgroup").glob(f"*/{name}/run-*"))
 
     def _wait_ready(self, timeout_s: float = 30.0) -> None:
         end = time.monotonic() + timeout_s
@@ -155,7 +175,8 @@ class LiveDaemon:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self.log.close()
+        if not self.log.closed:
+            self.log.close()
         return self.proc.returncode
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -32,14 +31,7 @@ def post_exec(url: str, code: str, lang: str = "bash", timeout_s: float = 60) ->
 
 
 def leftovers(daemon: LiveDaemon, running: bool = False) -> tuple[list[str], list[Path]]:
-    """Session/build mounts and run cgroups of `daemon`'s state dir; with running, the live
-    instance's own source tmpfs (state/src, one per daemon) is expected and not counted."""
-    state = state_dir_for(daemon.tmp)
-    mounts = [line for line in Path("/proc/self/mounts").read_text().splitlines()
-              if state in line and not (running and line.split()[1] == f"{state}/src")]
-    name = f"sandboxd-live-{os.getpid()}-{daemon.port}"
-    cgroups = [p for p in Path("/sys/fs/cgroup").glob(f"*/{name}/run-*")]
-    return mounts, cgroups
+    return daemon.leftovers(running)
 
 
 def jail_processes(uid_base: int = 300000, uid_count: int = 60000) -> list[int]:
@@ -78,24 +70,14 @@ def test_crash_leftovers_are_cleaned_by_the_next_start(tmp_path: Path) -> None:
     t = threading.Thread(target=lambda: _swallow(post_exec, first.url, "sleep 25"))
     t.start()
     time.sleep(1.0)
-    first.proc.send_signal(signal.SIGKILL)  # a crash: no cleanup at all
-    first.proc.wait()
+    first.crash()
     t.join(timeout=10)
     mounts, cgroups = leftovers(first)
     assert mounts and cgroups, "a crash should leave its mounts and cgroups (else this test proves nothing)"
 
     # Same state dir and cgroup name: the next instance removes exactly those leftovers.
-    config = tmp_path / "sandboxd.toml"
-    proc = subprocess.Popen([sys.executable, "-m", "sandboxd", "serve", "--config", str(config)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first.start()
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(first.url + "/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
         mounts, cgroups = leftovers(first, running=True)
         assert cgroups == [] and mounts == []
         deadline = time.monotonic() + 5
@@ -104,9 +86,7 @@ def test_crash_leftovers_are_cleaned_by_the_next_start(tmp_path: Path) -> None:
         assert jail_processes() == []
         assert post_exec(first.url, "print('after crash')", lang="py")["stdout"] == "after crash\n"
     finally:
-        proc.terminate()
-        assert proc.wait(timeout=20) == 0
-        first.log.close()
+        assert first.stop() == 0
     assert leftovers(first) == ([], [])
 
 

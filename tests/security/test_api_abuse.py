@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -20,7 +18,7 @@ import aiohttp
 import pytest
 
 from sandboxd.settings import MiB
-from tests.conftest import LiveDaemon, state_dir_for
+from tests.conftest import LiveDaemon
 
 from ._util import assert_daemon_fine, run, settings_of, store_of
 from .conftest import UID_BLOCK, unique_uid_base
@@ -312,16 +310,6 @@ def _procs_in_range(base: int, count: int) -> list[int]:
     return [int(p) for p, u in (line.split() for line in out.splitlines()) if base <= int(u) < base + count]
 
 
-def _leftovers(daemon: LiveDaemon, running: bool = False) -> tuple[list[str], list[Path]]:
-    """Session/build mounts and run cgroups of `daemon`'s state dir; with running, the live
-    instance's own source tmpfs (state/src, one per daemon) is expected and not counted."""
-    state = state_dir_for(daemon.tmp)
-    mounts = [line for line in Path("/proc/self/mounts").read_text().splitlines()
-              if state in line and not (running and line.split()[1] == f"{state}/src")]
-    name = f"sandboxd-live-{os.getpid()}-{daemon.port}"
-    return mounts, list(Path("/sys/fs/cgroup").glob(f"*/{name}/run-*"))
-
-
 def test_sigkill_during_concurrent_forking_runs_leaves_nothing_after_restart(tmp_path: Path) -> None:
     """Unlike the lifecycle test (one sleeping run), this kills the daemon while several runs
     fork process trees and write into their sessions; the next start must clear all of it."""
@@ -337,25 +325,15 @@ def test_sigkill_during_concurrent_forking_runs_leaves_nothing_after_restart(tmp
     while len(_procs_in_range(base, UID_BLOCK)) < 3 * 9 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert len(_procs_in_range(base, UID_BLOCK)) >= 3 * 9, "the runs should be in flight"
-    daemon.proc.send_signal(signal.SIGKILL)
-    daemon.proc.wait()
+    daemon.crash()
     for t in threads:
         t.join(timeout=10)
-    mounts, cgroups = _leftovers(daemon)
+    mounts, cgroups = daemon.leftovers()
     assert mounts and cgroups, "a crash leaves mounts and cgroups (else this test proves nothing)"
 
-    config = tmp_path / "sandboxd.toml"
-    proc = subprocess.Popen([sys.executable, "-m", "sandboxd", "serve", "--config", str(config)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    daemon.start()
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(daemon.url + "/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
-        assert _leftovers(daemon, running=True) == ([], [])
+        assert daemon.leftovers(running=True) == ([], [])
         deadline = time.monotonic() + 5
         while _procs_in_range(base, UID_BLOCK) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -363,10 +341,8 @@ def test_sigkill_during_concurrent_forking_runs_leaves_nothing_after_restart(tmp
         body = _post(daemon.url, "import os; print(os.listdir('.'))")
         assert body["stdout"] == "[]\n"  # a fresh session, nothing of the killed runs
     finally:
-        proc.terminate()
-        assert proc.wait(timeout=20) == 0
-        daemon.log.close()
-    assert _leftovers(daemon) == ([], [])
+        assert daemon.stop() == 0
+    assert daemon.leftovers() == ([], [])
 
 
 def _swallow(fn: Any, *args: Any) -> None:
