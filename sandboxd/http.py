@@ -103,16 +103,11 @@ def _part_filename(part: BodyPartReader) -> str:
     it, so `input%2Fscores.csv` means the nested path; the name is validated afterwards."""
     name = part.filename or ""
     if re.search(r"%[0-9A-Fa-f]{2}", name):
-        name = urllib.parse.unquote(name, errors="strict") if _utf8_escapes(name) else name
+        try:
+            return urllib.parse.unquote(name, errors="strict")
+        except UnicodeDecodeError:
+            pass  # not an encoding of UTF-8: take the name as sent
     return name
-
-
-def _utf8_escapes(name: str) -> bool:
-    try:
-        urllib.parse.unquote(name, errors="strict")
-        return True
-    except UnicodeDecodeError:
-        return False
 
 
 async def _stream_part(store: SessionStore, session: Session, part: BodyPartReader, limit: int) -> StoredFile:
