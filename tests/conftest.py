@@ -6,6 +6,7 @@ the test that started it; the session fixture checks nothing was left behind.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -140,6 +141,14 @@ class LiveDaemon:
         )
         self._wait_ready()
 
+    def exec(self, code: str, lang: str = "py", timeout_s: float = 60) -> dict[str, Any]:
+        """POST /exec as a plain HTTP client; the parsed 200 reply."""
+        req = urllib.request.Request(self.url + "/exec", data=json.dumps({"lang": lang, "code": code}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=timeout_s) as r:
+            body: dict[str, Any] = json.loads(r.read())
+            return body
+
     def crash(self) -> None:
         """SIGKILL: the daemon gets no chance to clean up."""
         self.proc.send_signal(signal.SIGKILL)
@@ -178,6 +187,12 @@ class LiveDaemon:
         if not self.log.closed:
             self.log.close()
         return self.proc.returncode
+
+
+def procs_in_uid_range(base: int, count: int) -> list[int]:
+    """Host pids (zombies included) whose uid lies in [base, base + count): jailed processes."""
+    out = subprocess.run(["ps", "-eo", "pid=,uid="], capture_output=True, text=True, check=True).stdout
+    return [int(p) for p, u in (line.split() for line in out.splitlines()) if base <= int(u) < base + count]
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -15,28 +14,16 @@ from typing import Any
 
 import pytest
 
-from sandboxd.settings import load_settings
+from sandboxd.settings import Settings, load_settings
 
-from tests.conftest import JAIL_CONFIGS, LiveDaemon, state_dir_for
+from tests.conftest import JAIL_CONFIGS, LiveDaemon, procs_in_uid_range, state_dir_for
 
 pytestmark = pytest.mark.jail
 
 
-def post_exec(url: str, code: str, lang: str = "bash", timeout_s: float = 60) -> dict[str, Any]:
-    req = urllib.request.Request(url + "/exec", data=json.dumps({"lang": lang, "code": code}).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout_s) as r:
-        body: dict[str, Any] = json.loads(r.read())
-        return body
-
-
-def leftovers(daemon: LiveDaemon, running: bool = False) -> tuple[list[str], list[Path]]:
-    return daemon.leftovers(running)
-
-
-def jail_processes(uid_base: int = 300000, uid_count: int = 60000) -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid=,uid="], capture_output=True, text=True, check=True).stdout
-    return [int(p) for p, u in (line.split() for line in out.splitlines()) if uid_base <= int(u) < uid_base + uid_count]
+def jail_processes() -> list[int]:
+    defaults = Settings()
+    return procs_in_uid_range(defaults.uid_base, defaults.uid_count)
 
 
 def test_sigterm_ends_runs_and_leaves_nothing(tmp_path: Path) -> None:
@@ -45,7 +32,7 @@ def test_sigterm_ends_runs_and_leaves_nothing(tmp_path: Path) -> None:
 
     def long_run() -> None:
         try:
-            result["body"] = post_exec(daemon.url, "echo started; sleep 25; echo never")
+            result["body"] = daemon.exec("echo started; sleep 25; echo never", lang="bash")
         except (urllib.error.URLError, ConnectionError) as exc:
             result["error"] = exc
 
@@ -60,34 +47,34 @@ def test_sigterm_ends_runs_and_leaves_nothing(tmp_path: Path) -> None:
     t.join(timeout=10)
     if "body" in result:  # the in-flight run was ended, not completed
         assert "never" not in result["body"]["stdout"]
-    assert leftovers(daemon) == ([], [])
+    assert daemon.leftovers() == ([], [])
     assert jail_processes() == []
     daemon.stop()
 
 
 def test_crash_leftovers_are_cleaned_by_the_next_start(tmp_path: Path) -> None:
     first = LiveDaemon(tmp_path)
-    t = threading.Thread(target=lambda: _swallow(post_exec, first.url, "sleep 25"))
+    t = threading.Thread(target=lambda: _swallow(first.exec, "sleep 25", "bash"))
     t.start()
     time.sleep(1.0)
     first.crash()
     t.join(timeout=10)
-    mounts, cgroups = leftovers(first)
+    mounts, cgroups = first.leftovers()
     assert mounts and cgroups, "a crash should leave its mounts and cgroups (else this test proves nothing)"
 
     # Same state dir and cgroup name: the next instance removes exactly those leftovers.
     first.start()
     try:
-        mounts, cgroups = leftovers(first, running=True)
+        mounts, cgroups = first.leftovers(running=True)
         assert cgroups == [] and mounts == []
         deadline = time.monotonic() + 5
         while jail_processes() and time.monotonic() < deadline:
             time.sleep(0.1)  # killed jails are reaped by the host's init
         assert jail_processes() == []
-        assert post_exec(first.url, "print('after crash')", lang="py")["stdout"] == "after crash\n"
+        assert first.exec("print('after crash')")["stdout"] == "after crash\n"
     finally:
         assert first.stop() == 0
-    assert leftovers(first) == ([], [])
+    assert first.leftovers() == ([], [])
 
 
 def _swallow(fn: Any, *args: Any) -> None:

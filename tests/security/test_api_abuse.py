@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
 import threading
 import time
 import urllib.error
@@ -18,7 +17,7 @@ import aiohttp
 import pytest
 
 from sandboxd.settings import MiB
-from tests.conftest import LiveDaemon
+from tests.conftest import LiveDaemon, procs_in_uid_range
 
 from ._util import assert_daemon_fine, run, settings_of, store_of
 from .conftest import UID_BLOCK, unique_uid_base
@@ -297,19 +296,6 @@ async def test_queue_overflow_is_429_not_unbounded_waiting(make_client: Any) -> 
 
 # ---- a daemon killed mid-run ---------------------------------------------------------------------
 
-def _post(url: str, code: str, lang: str = "py", timeout_s: float = 60) -> dict[str, Any]:
-    req = urllib.request.Request(url + "/exec", data=json.dumps({"lang": lang, "code": code}).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout_s) as r:
-        body: dict[str, Any] = json.loads(r.read())
-        return body
-
-
-def _procs_in_range(base: int, count: int) -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid=,uid="], capture_output=True, text=True, check=True).stdout
-    return [int(p) for p, u in (line.split() for line in out.splitlines()) if base <= int(u) < base + count]
-
-
 def test_sigkill_during_concurrent_forking_runs_leaves_nothing_after_restart(tmp_path: Path) -> None:
     """Unlike the lifecycle test (one sleeping run), this kills the daemon while several runs
     fork process trees and write into their sessions; the next start must clear all of it."""
@@ -318,13 +304,13 @@ def test_sigkill_during_concurrent_forking_runs_leaves_nothing_after_restart(tmp
     busy = ("import os, time\nfor _ in range(8):\n    if os.fork() == 0:\n        os.setsid()\n"
             "        while True:\n            open('/mnt/data/beat.txt', 'a').write('.'); time.sleep(0.01)\n"
             "open('/mnt/data/big.bin', 'wb').write(b'b' * 8_000_000)\ntime.sleep(30)\n")
-    threads = [threading.Thread(target=lambda: _swallow(_post, daemon.url, busy)) for _ in range(3)]
+    threads = [threading.Thread(target=lambda: _swallow(daemon.exec, busy)) for _ in range(3)]
     for t in threads:
         t.start()
     deadline = time.monotonic() + 10
-    while len(_procs_in_range(base, UID_BLOCK)) < 3 * 9 and time.monotonic() < deadline:
+    while len(procs_in_uid_range(base, UID_BLOCK)) < 3 * 9 and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert len(_procs_in_range(base, UID_BLOCK)) >= 3 * 9, "the runs should be in flight"
+    assert len(procs_in_uid_range(base, UID_BLOCK)) >= 3 * 9, "the runs should be in flight"
     daemon.crash()
     for t in threads:
         t.join(timeout=10)
@@ -335,10 +321,10 @@ def test_sigkill_during_concurrent_forking_runs_leaves_nothing_after_restart(tmp
     try:
         assert daemon.leftovers(running=True) == ([], [])
         deadline = time.monotonic() + 5
-        while _procs_in_range(base, UID_BLOCK) and time.monotonic() < deadline:
+        while procs_in_uid_range(base, UID_BLOCK) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert _procs_in_range(base, UID_BLOCK) == []
-        body = _post(daemon.url, "import os; print(os.listdir('.'))")
+        assert procs_in_uid_range(base, UID_BLOCK) == []
+        body = daemon.exec("import os; print(os.listdir('.'))")
         assert body["stdout"] == "[]\n"  # a fresh session, nothing of the killed runs
     finally:
         assert daemon.stop() == 0
