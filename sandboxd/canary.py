@@ -40,10 +40,23 @@ try:
     r["host_loopback"] = "reachable"
 except OSError as e:
     r["host_loopback"] = errno.errorcode.get(e.errno, str(e.errno))
-page = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
-page.write(b"\xb8" + struct.pack("<I", 0x40000000 | 39) + b"\x0f\x05\xc3")  # x32 getpid
-fn = ctypes.CFUNCTYPE(ctypes.c_long)(ctypes.addressof(ctypes.c_char.from_buffer(page)))
-r["x32_getpid"] = fn()
+# The x32 call runs in a child: under systemd's SystemCallArchitectures=native the kernel kills
+# the caller with SIGSYS, which proves x32 unavailable but must not take the probe down with it.
+rfd, wfd = os.pipe()
+child = os.fork()
+if child == 0:
+    page = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    page.write(b"\xb8" + struct.pack("<I", 0x40000000 | 39) + b"\x0f\x05\xc3")  # x32 getpid
+    fn = ctypes.CFUNCTYPE(ctypes.c_long)(ctypes.addressof(ctypes.c_char.from_buffer(page)))
+    os.write(wfd, str(fn()).encode())
+    os._exit(0)
+os.close(wfd)
+answer = os.read(rfd, 64).decode()
+status = os.waitpid(child, 0)[1]
+if os.WIFSIGNALED(status):
+    r["x32_getpid"] = "killed by signal %d" % os.WTERMSIG(status)
+else:
+    r["x32_getpid"] = int(answer)
 print(json.dumps(r))
 """
 
@@ -71,6 +84,13 @@ class Check(msgspec.Struct, frozen=True):
     detail: str = ""
 
 
+def _x32_unavailable(answer: object) -> bool:
+    """An x32 call failed (a negative errno) or its caller was killed by SIGSYS (31)."""
+    if isinstance(answer, int):
+        return answer < 0
+    return answer == "killed by signal 31"
+
+
 def _judge_probe(result: RunResult, outside_uid: int) -> list[Check]:
     try:
         r = json.loads(result.stdout)
@@ -88,7 +108,7 @@ def _judge_probe(result: RunResult, outside_uid: int) -> list[Check]:
         Check("network isolation",
               r.get("interfaces") == ["lo"] and r.get("routes") == 0 and r.get("host_loopback") != "reachable",
               f"interfaces {r.get('interfaces')}, routes {r.get('routes')}, host loopback {r.get('host_loopback')}"),
-        Check("x32 syscalls unavailable", isinstance(r.get("x32_getpid"), int) and r["x32_getpid"] < 0,
+        Check("x32 syscalls unavailable", _x32_unavailable(r.get("x32_getpid")),
               f"x32 getpid returned {r.get('x32_getpid')} (disable CONFIG_X86_X32_ABI or run under systemd "
               "with SystemCallArchitectures=native)"),
     ]
