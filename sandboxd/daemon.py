@@ -24,7 +24,7 @@ from .policy import Policy
 from .runner import Runner
 from .sessions import SessionStore
 from .settings import Settings, default_nsjail_path
-from .systemd import notify
+from .systemd import notify, watchdog_forever, watchdog_interval_s
 
 __all__ = ["Daemon", "build_app", "self_test"]
 
@@ -109,9 +109,13 @@ def build_app(settings: Settings) -> web.Application:
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         daemon = holder["daemon"]
+        # The watchdog runs from the start: systemd counts the canaries' time against it too.
+        interval = watchdog_interval_s()
+        watchdog = asyncio.create_task(watchdog_forever(interval)) if interval else None
         try:
             await self_test(daemon)
         except BaseException:
+            await _cancel(watchdog)
             await daemon.close()
             raise
         sweeper = asyncio.create_task(_sweep_forever(daemon))
@@ -121,18 +125,22 @@ def build_app(settings: Settings) -> web.Application:
         try:
             yield
         finally:
-            notify("STOPPING=1")
             ready["ok"] = False
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            await _cancel(sweeper)
             await daemon.close()
+            await _cancel(watchdog)
             log.info("sandboxd stopped")
 
     daemon = Daemon(settings)
     holder["daemon"] = daemon
     app = create_app(daemon.store, Authenticator(settings), ready)
     app.cleanup_ctx.append(lifecycle)
+
+    async def announce_stopping(app: web.Application) -> None:
+        # First thing on SIGTERM, so systemd shows "deactivating" while runs end.
+        notify("STOPPING=1")
+
+    app.on_shutdown.append(announce_stopping)
 
     async def stop_runs(app: web.Application) -> None:
         # Before aiohttp waits for handlers: end in-flight runs so they answer at once.
@@ -142,6 +150,14 @@ def build_app(settings: Settings) -> web.Application:
 
     app.on_shutdown.append(stop_runs)
     return app
+
+
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _sweep_forever(daemon: Daemon) -> None:

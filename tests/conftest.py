@@ -109,21 +109,25 @@ def _free_port() -> int:
 class LiveDaemon:
     """`sandboxd serve` as a real subprocess, as an operator runs it."""
 
-    def __init__(self, tmp: Path, **overrides: Any) -> None:
+    def __init__(self, tmp: Path, env: dict[str, str] | None = None, wrapper: tuple[str, ...] = (),
+                 **overrides: Any) -> None:
+        """`env` is added to the daemon's environment; `wrapper` is an argv prefix it runs under."""
+        self.env = {**os.environ, **(env or {})}
+        self.wrapper = wrapper
         self.port = _free_port()
         self.tmp = tmp
         config = tmp / "sandboxd.toml"
         storage = {"session_max_bytes": 32 * MiB}
         storage.update(overrides.pop("storage", {}))
-        lines = [
-            f'state_dir = "{state_dir_for(tmp)}"',
-            f'compile_cache_dir = "{state_dir_for(tmp)}-cache"',
-            f'jail_configs_dir = "{JAIL_CONFIGS}"',
-            f'cgroup_name = "sandboxd-live-{os.getpid()}-{self.port}"',
-            f"port = {self.port}",
-        ]
-        for key, value in overrides.items():
-            lines.append(f"{key} = {msgspec.json.encode(value).decode()}")
+        top: dict[str, Any] = {
+            "state_dir": state_dir_for(tmp),
+            "compile_cache_dir": state_dir_for(tmp) + "-cache",
+            "jail_configs_dir": str(JAIL_CONFIGS),
+            "cgroup_name": f"sandboxd-live-{os.getpid()}-{self.port}",
+            "port": self.port,
+            **overrides,
+        }
+        lines = [f"{key} = {msgspec.json.encode(value).decode()}" for key, value in top.items()]
         lines.append("[storage]")
         lines += [f"{k} = {v}" for k, v in storage.items()]
         config.write_text("\n".join(lines) + "\n")
@@ -136,8 +140,8 @@ class LiveDaemon:
     def start(self) -> None:
         """(Re)start `sandboxd serve` on this config: same port, state dir and cgroup name."""
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sandboxd", "serve", "--config", str(self.config)],
-            stdout=self.log, stderr=subprocess.STDOUT,
+            [*self.wrapper, sys.executable, "-m", "sandboxd", "serve", "--config", str(self.config)],
+            stdout=self.log, stderr=subprocess.STDOUT, env=self.env,
         )
         self._wait_ready()
 
