@@ -260,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_policy_show)
 
     ns = parser.parse_args(argv)
+    # The files the daemon makes for jails (sources, mount points, the font cache) must be readable
+    # by the jails' uids whatever umask the caller had (a container entrypoint, a hardened shell).
+    # Nothing secret is created without an explicit mode.
+    os.umask(0o022)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         rc: int = ns.func(ns)

@@ -15,7 +15,7 @@ from msgspec import Meta
 
 from .errors import ConfigError
 
-__all__ = ["Limits", "Storage", "Auth", "Settings", "load_settings", "MiB", "GiB"]
+__all__ = ["Limits", "Storage", "Auth", "Settings", "load_settings", "read_secret_file", "MiB", "GiB"]
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -115,7 +115,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     def api_keys(self) -> tuple[str, ...]:
         keys = list(self.auth.api_keys)
         if self.auth.api_keys_file:
-            text = Path(self.auth.api_keys_file).read_text(encoding="utf-8")
+            text = read_secret_file(self.auth.api_keys_file)
             keys += [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
         return tuple(keys)
 
@@ -128,6 +128,27 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
                 f"refusing to listen on {self.host} without authentication: set auth.mode = "
                 '"api_key" with keys, or auth.allow_remote_none = true on a trusted network'
             )
+
+
+CREDENTIAL_PREFIX = "credential:"
+
+
+def read_secret_file(path: str) -> str:
+    """A secret file's text. `credential:NAME` names a systemd credential (LoadCredential=): the
+    file $CREDENTIALS_DIRECTORY/NAME that systemd gives this service alone, so a secret never has
+    to travel through the environment or stay readable in /etc."""
+    if path.startswith(CREDENTIAL_PREFIX):
+        name = path[len(CREDENTIAL_PREFIX):]
+        directory = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not directory:
+            raise ConfigError(f"{path}: no $CREDENTIALS_DIRECTORY (credentials come from systemd's LoadCredential=)")
+        if not name or "/" in name or name in (".", ".."):
+            raise ConfigError(f"{path}: a credential name is a plain file name")
+        path = os.path.join(directory, name)
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read secret file {path}: {exc}") from exc
 
 
 def load_settings(path: str | None = None, **overrides: object) -> Settings:

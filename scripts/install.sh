@@ -7,6 +7,8 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 PORT=8000
 if [ -d /run/systemd/system ] && [ "$(ps -o comm= -p 1)" = systemd ]; then
+  # Secrets reach the unit as credentials (LoadCredential=): files in this directory, root only.
+  install -d -m 0700 /etc/sandboxd/credentials
   install -m 0644 "$REPO/systemd/sandboxd.service" /etc/systemd/system/sandboxd.service
   systemctl daemon-reload
   systemctl enable sandboxd.service
