@@ -9,10 +9,15 @@ export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1
 # The runtime the jails use (apt packages, sandbox venv, font cache) is the product's own.
 "$REPO/scripts/setup-host.sh"
 
-# Node.js and npm for the end-to-end tests with @librechat/agents; systemd-analyze to check the unit.
-if ! command -v node >/dev/null || ! command -v npm >/dev/null || ! command -v systemd-analyze >/dev/null; then
+# Node.js and npm for the end-to-end tests with @librechat/agents.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   apt-get update -q
-  apt-get install -y -q --no-install-recommends nodejs npm systemd
+  apt-get install -y -q --no-install-recommends nodejs npm
+fi
+# systemd-analyze checks the unit (a host or CI machine without systemd as PID 1 may lack it).
+if ! command -v systemd-analyze >/dev/null; then
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends systemd
 fi
 
 # A test environment from Debian's python3 with this checkout installed editable.
