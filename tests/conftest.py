@@ -122,10 +122,15 @@ class LiveDaemon:
             f'cgroup_name = "sandboxd-live-{os.getpid()}-{self.port}"',
             f"port = {self.port}",
         ]
+        tables = {k: v for k, v in overrides.items() if isinstance(v, dict)}  # e.g. auth = {...}
         for key, value in overrides.items():
-            lines.append(f"{key} = {msgspec.json.encode(value).decode()}")
+            if key not in tables:
+                lines.append(f"{key} = {msgspec.json.encode(value).decode()}")
         lines.append("[storage]")
         lines += [f"{k} = {v}" for k, v in storage.items()]
+        for name, table in tables.items():
+            lines.append(f"[{name}]")
+            lines += [f"{k} = {msgspec.json.encode(v).decode()}" for k, v in table.items()]
         config.write_text("\n".join(lines) + "\n")
         load_settings(str(config))  # fail here, not in the child, on a bad test config
         self.config = config
