@@ -93,6 +93,15 @@ def test_token_signed_by_another_key_is_refused(verifier: JwtVerifier, ed: Signe
     assert verifier.verify(ed.mint()).subject == "user-a"
 
 
+def test_keys_named_inside_the_token_are_ignored(verifier: JwtVerifier, ed: Signer) -> None:
+    """A token cannot bring its own key: `jwk`, `jku` and `x5u` headers select nothing."""
+    attacker = Signer("EdDSA", kid=ed.kid)
+    jwk = {k: v for k, v in attacker.public_jwk().items() if k in ("kty", "crv", "x")}
+    for extra in ({"jwk": jwk}, {"jku": "http://127.0.0.1:9/jwks.json"}, {"x5u": "http://127.0.0.1:9/c.pem"}):
+        refused(verifier, attacker.mint(headers=extra), "signature")
+    assert verifier.verify(ed.mint(headers={"jwk": jwk})).subject == "user-a"  # ignored, not an error
+
+
 def test_tampered_claims_are_refused(verifier: JwtVerifier, ed: Signer) -> None:
     header, _, sig = ed.mint(sub="alice").split(".")
     payload = b64url(json.dumps(ed.claims(sub="bob")).encode())
