@@ -241,3 +241,37 @@ def test_a_key_id_configured_twice_is_refused(tmp_path: Path, ed: Signer) -> Non
 def test_a_verifier_without_keys_is_refused() -> None:
     with pytest.raises(ConfigError):
         JwtVerifier({}, issuer="librechat", audience="codeapi", leeway_s=30)
+
+
+# -- settings: which modes may start, and where ---------------------------------------------------
+
+def _settings(tmp_path: Path, auth: str) -> Any:
+    from sandboxd.settings import load_settings
+
+    cfg = tmp_path / "s.toml"
+    cfg.write_text(f'host = "0.0.0.0"\n[auth]\n{auth}\n')
+    return load_settings(str(cfg))
+
+
+def test_jwt_modes_need_their_keys_and_may_then_listen_off_loopback(tmp_path: Path, ed: Signer) -> None:
+    pem = ed.write_pem(tmp_path)
+    with pytest.raises(ConfigError, match="jwt_public_key_files"):
+        _settings(tmp_path, 'mode = "jwt"').check_exposure()
+    with pytest.raises(ConfigError, match="no API keys"):
+        _settings(tmp_path, f'mode = "api_key+jwt"\njwt_public_key_files = ["{pem}"]').check_exposure()
+    with pytest.raises(ConfigError, match="jwks_file"):
+        _settings(tmp_path, 'mode = "api_key+jwt"\napi_keys = ["k"]').check_exposure()
+    with pytest.raises(ConfigError, match="jwt_leeway_s"):
+        _settings(tmp_path, f'mode = "jwt"\njwt_public_key_files = ["{pem}"]\njwt_leeway_s = 3600')
+    with pytest.raises(ConfigError, match="jwt_audience"):
+        _settings(tmp_path, f'mode = "jwt"\njwt_public_key_files = ["{pem}"]\njwt_audience = ""')
+    # twins: with their keys both modes may listen on a network address
+    _settings(tmp_path, f'mode = "jwt"\njwt_public_key_files = ["{pem}"]').check_exposure()
+    _settings(tmp_path, f'mode = "api_key+jwt"\napi_keys = ["k"]\njwt_public_key_files = ["{pem}"]').check_exposure()
+
+
+def test_unreadable_api_keys_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="api_keys_file"):
+        _settings(tmp_path, f'mode = "api_key"\napi_keys_file = "{tmp_path}/absent"').check_exposure()
+    (tmp_path / "keys").write_text("# one per line\nk1\n")
+    assert _settings(tmp_path, f'mode = "api_key"\napi_keys_file = "{tmp_path}/keys"').api_keys() == ("k1",)
