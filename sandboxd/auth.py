@@ -29,11 +29,12 @@ log = logging.getLogger(__name__)
 class Authenticator:
     def __init__(self, settings: Settings) -> None:
         self.mode = settings.auth.mode
+        self.accepts_key = self.mode in ("api_key", "api_key+jwt")
+        self.accepts_jwt = self.mode in ("jwt", "api_key+jwt")
         # Keep digests only: comparing digests is constant-time and keeps keys out of dumps.
-        self._digests = ([hashlib.sha256(k.encode()).digest() for k in settings.api_keys()]
-                         if self.mode in ("api_key", "api_key+jwt") else [])
+        self._digests = [hashlib.sha256(k.encode()).digest() for k in settings.api_keys()] if self.accepts_key else []
         self._verifier: JwtVerifier | None = None
-        if self.mode in ("jwt", "api_key+jwt"):
+        if self.accepts_jwt:
             a = settings.auth
             keys = load_keys(a.jwt_public_key_files, a.jwks_file)  # once, at start; ConfigError names the file
             self._verifier = JwtVerifier(keys, issuer=a.jwt_issuer, audience=a.jwt_audience, leeway_s=a.jwt_leeway_s)
@@ -51,13 +52,14 @@ class Authenticator:
             return self._from_bearer(bearers[0])
         if keys:
             return self._from_key(keys[0])
-        if self._verifier is None:
+        if not self.accepts_jwt:
             raise Unauthorized("Missing or invalid API key")
-        raise Unauthorized("Bearer token is required" if not self._digests else
-                           "Missing credentials: send X-API-Key or Authorization: Bearer <JWT>")
+        if not self.accepts_key:
+            raise Unauthorized("Bearer token is required")
+        raise Unauthorized("Missing credentials: send X-API-Key or Authorization: Bearer <JWT>")
 
     def _from_key(self, key: str) -> str:
-        if not self._digests:
+        if not self.accepts_key:
             raise Unauthorized("Bearer token is required")
         # aiohttp hands undecodable header bytes over surrogate-escaped: encode them back to the
         # bytes that were sent (they can never equal a configured key) instead of failing.
@@ -71,7 +73,7 @@ class Authenticator:
         return "key:" + matched.hex()[:16]
 
     def _from_bearer(self, value: str) -> str:
-        if self._verifier is None:
+        if not self.accepts_jwt or self._verifier is None:
             raise Unauthorized("Missing or invalid API key (Authorization is not accepted in api_key mode)")
         scheme, _, token = value.strip().partition(" ")
         if scheme.lower() != "bearer":  # auth schemes are case-insensitive (RFC 9110 section 11.1)
