@@ -203,7 +203,7 @@ class JwtVerifier:
             raise Unauthorized("Malformed bearer token: expected a compact JWT")
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.InvalidTokenError:
+        except (jwt.InvalidTokenError, ValueError, RecursionError):
             raise Unauthorized("Malformed bearer token: unreadable JWT header") from None
         alg, kid = header.get("alg"), header.get("kid")
         if alg not in ALGORITHMS:

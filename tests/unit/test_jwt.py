@@ -166,7 +166,10 @@ def test_algorithm_must_match_the_key(verifier: JwtVerifier, ed: Signer, rs: Sig
 
 
 @pytest.mark.parametrize("token", ["", "abc", "a.b", "a.b.c.d", "a b.c.d", "ey\udcff.ey.sig", "é.b.c",
-                                   "eyJhbGciOiJFZERTQSJ9.e30.AAAA", "!!!!.e30.AAAA", "a." * 5000 + "b"])
+                                   "eyJhbGciOiJFZERTQSJ9.e30.AAAA", "!!!!.e30.AAAA", "a." * 5000 + "b",
+                                   b64url(b"[" * 3000 + b"]" * 3000) + ".e30.AAAA",
+                                   b64url(b'{"alg":"EdDSA","kid":"x","a":' + b"[" * 2000 + b"]" * 2000 + b"}")
+                                   + ".e30.AAAA"])
 def test_malformed_tokens_are_refused(verifier: JwtVerifier, token: str) -> None:
     with pytest.raises(Unauthorized):
         verifier.verify(token)
