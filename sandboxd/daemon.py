@@ -104,6 +104,7 @@ async def self_test(daemon: Daemon, report: Callable[[Check], object] | None = N
 
 def build_app(settings: Settings) -> web.Application:
     settings.check_exposure()
+    auth = Authenticator(settings)  # loads key files: a bad one fails before anything is mounted
     ready: dict[str, object] = {"ok": False, "why": "starting"}
     holder: dict[str, Daemon] = {}
 
@@ -133,7 +134,7 @@ def build_app(settings: Settings) -> web.Application:
 
     daemon = Daemon(settings)
     holder["daemon"] = daemon
-    app = create_app(daemon.store, Authenticator(settings), ready)
+    app = create_app(daemon.store, auth, ready)
     app.cleanup_ctx.append(lifecycle)
 
     async def announce_stopping(app: web.Application) -> None:

@@ -63,11 +63,21 @@ class Storage(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
 
 class Auth(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     # "none" trusts the network (default, allowed only on loopback unless allow_remote_none).
-    mode: Literal["none", "api_key"] = "none"
+    # "api_key": X-API-Key (LibreChat <= 0.8.5); "jwt": Authorization: Bearer (LibreChat >= 0.8.6
+    # with its Code API JWT on); "api_key+jwt": either one (never both on one request).
+    mode: Literal["none", "api_key", "jwt", "api_key+jwt"] = "none"
     api_keys: tuple[str, ...] = ()
     # A file with one key per line (keeps keys out of the main config).
     api_keys_file: str | None = None
     allow_remote_none: bool = False
+    # Public keys that verify tokens (see sandboxd/jwtauth.py): PEM files, each one's key id
+    # being its file name without extension, and/or a JWKS file whose keys carry a `kid`.
+    jwt_public_key_files: tuple[str, ...] = ()
+    jwks_file: str | None = None
+    jwt_issuer: Annotated[str, Meta(min_length=1)] = "librechat"
+    jwt_audience: Annotated[str, Meta(min_length=1)] = "codeapi"
+    # Clock skew tolerated on exp, nbf and iat; small, since tokens live 300 s at most.
+    jwt_leeway_s: Annotated[float, Meta(ge=0, le=60)] = 30.0
 
 
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -121,12 +131,15 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
 
     def check_exposure(self) -> None:
         """Refuse an unauthenticated listener off loopback unless the operator chose it."""
-        if self.auth.mode == "api_key" and not self.api_keys():
-            raise ConfigError("auth.mode is api_key but no keys are configured")
+        if self.auth.mode in ("api_key", "api_key+jwt") and not self.api_keys():
+            raise ConfigError(f"auth.mode is {self.auth.mode} but no API keys are configured")
+        if self.auth.mode in ("jwt", "api_key+jwt") and not (self.auth.jwt_public_key_files or self.auth.jwks_file):
+            raise ConfigError(f"auth.mode is {self.auth.mode} but neither auth.jwt_public_key_files nor "
+                              "auth.jwks_file is set")
         if self.auth.mode == "none" and not self.is_loopback and not self.auth.allow_remote_none:
             raise ConfigError(
                 f"refusing to listen on {self.host} without authentication: set auth.mode = "
-                '"api_key" with keys, or auth.allow_remote_none = true on a trusted network'
+                '"jwt" or "api_key" with keys, or auth.allow_remote_none = true on a trusted network'
             )
 
 

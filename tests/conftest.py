@@ -119,17 +119,21 @@ class LiveDaemon:
         config = tmp / "sandboxd.toml"
         storage = {"session_max_bytes": 32 * MiB}
         storage.update(overrides.pop("storage", {}))
+        tables = {k: v for k, v in overrides.items() if isinstance(v, dict)}  # e.g. auth = {...}
         top: dict[str, Any] = {
             "state_dir": state_dir_for(tmp),
             "compile_cache_dir": state_dir_for(tmp) + "-cache",
             "jail_configs_dir": str(JAIL_CONFIGS),
             "cgroup_name": f"sandboxd-live-{os.getpid()}-{self.port}",
             "port": self.port,
-            **overrides,
+            **{k: v for k, v in overrides.items() if k not in tables},
         }
         lines = [f"{key} = {msgspec.json.encode(value).decode()}" for key, value in top.items()]
         lines.append("[storage]")
         lines += [f"{k} = {v}" for k, v in storage.items()]
+        for name, table in tables.items():
+            lines.append(f"[{name}]")
+            lines += [f"{k} = {msgspec.json.encode(v).decode()}" for k, v in table.items()]
         config.write_text("\n".join(lines) + "\n")
         load_settings(str(config))  # fail here, not in the child, on a bad test config
         self.config = config

@@ -69,28 +69,34 @@ def run_driver(agents_client_dir: Path, live_daemon: str) -> DriverRunner:
 
     def run(scenario: str, suffix: str = "", timeout: float = 600, extra_env: dict[str, str] | None = None
             ) -> dict[str, Any]:
-        env = {k: v for k, v in os.environ.items() if k not in _DROP_ENV}
-        env.update(extra_env or {})
-        env["LIBRECHAT_CODE_BASEURL"] = live_daemon.rstrip("/") + suffix
-        env["NO_PROXY"] = "*"
-        proc = subprocess.run(
-            ["node", "driver.mjs", scenario],
-            cwd=agents_client_dir, env=env, capture_output=True, text=True, timeout=timeout,
-        )
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_MARKER)]
-        if not lines:
-            pytest.fail(
-                f"driver {scenario} printed no result (exit {proc.returncode})\n"
-                f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
-            )
-        result: dict[str, Any] = json.loads(lines[-1][len(RESULT_MARKER):])
-        if proc.returncode != 0 or "fatal" in result:
-            pytest.fail(
-                f"driver {scenario} failed (exit {proc.returncode}): {result.get('fatal')}\n"
-                f"{result.get('stack') or ''}\nstderr:\n{proc.stderr[-3000:]}"
-            )
-        assert result["scenario"] == scenario
-        observed: dict[str, Any] = result["observed"]
-        return observed
+        return drive(agents_client_dir, live_daemon, scenario, suffix, timeout, extra_env)
 
     return run
+
+
+def drive(agents_client_dir: Path, base_url: str, scenario: str, suffix: str = "", timeout: float = 600,
+          extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run `node driver.mjs <scenario>` against the daemon at `base_url`; what it observed."""
+    env = {k: v for k, v in os.environ.items() if k not in _DROP_ENV}
+    env.update(extra_env or {})
+    env["LIBRECHAT_CODE_BASEURL"] = base_url.rstrip("/") + suffix
+    env["NO_PROXY"] = "*"
+    proc = subprocess.run(
+        ["node", "driver.mjs", scenario],
+        cwd=agents_client_dir, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_MARKER)]
+    if not lines:
+        pytest.fail(
+            f"driver {scenario} printed no result (exit {proc.returncode})\n"
+            f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+        )
+    result: dict[str, Any] = json.loads(lines[-1][len(RESULT_MARKER):])
+    if proc.returncode != 0 or "fatal" in result:
+        pytest.fail(
+            f"driver {scenario} failed (exit {proc.returncode}): {result.get('fatal')}\n"
+            f"{result.get('stack') or ''}\nstderr:\n{proc.stderr[-3000:]}"
+        )
+    assert result["scenario"] == scenario
+    observed: dict[str, Any] = result["observed"]
+    return observed

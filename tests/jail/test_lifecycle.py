@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -86,7 +87,9 @@ def _swallow(fn: Any, *args: Any) -> None:
 
 def test_doctor_passes_here_and_names_what_is_missing(tmp_path: Path) -> None:
     good = tmp_path / "good.toml"
-    good.write_text(f'state_dir = "{state_dir_for(tmp_path)}"\njail_configs_dir = "{JAIL_CONFIGS}"\n')
+    # Its own cgroup name: doctor's probe groups must not meet another test run's on this host.
+    good.write_text(f'state_dir = "{state_dir_for(tmp_path)}"\njail_configs_dir = "{JAIL_CONFIGS}"\n'
+                    f'cgroup_name = "sandboxd-doctor-test-{os.getpid()}"\n')
     ok = subprocess.run([sys.executable, "-m", "sandboxd", "doctor", "--config", str(good)],
                         capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stdout + ok.stderr

@@ -417,6 +417,43 @@ scenarios.backend = async () => {
   };
 };
 
+/**
+ * LibreChat >= 0.8.6 with its Code API JWT on: the tools get `authHeaders` (LibreChat passes a
+ * function that mints `Authorization: Bearer <JWT>`). The token comes from E2E_BEARER (minted by
+ * the test with a key the daemon trusts); E2E_OTHER_BEARER names another subject.
+ */
+scenarios.jwt = async () => {
+  const bearer = process.env.E2E_BEARER ?? '';
+  const other = process.env.E2E_OTHER_BEARER ?? '';
+  const authHeaders = async () => ({ Authorization: `Bearer ${bearer}` });
+  const tool = createCodeExecutionTool({ authHeaders });
+  const exec = await invokeTool(tool, {
+    lang: 'py',
+    code: "open('/mnt/data/jwt.txt', 'w').write('signed')\nprint('hello with a token')",
+  });
+  const sid = exec.artifact?.session_id ?? null;
+  const listed = sid ? await fetchSessionFiles(baseNoSlash, sid, undefined, authHeaders) : null;
+  const listedByOther = sid
+    ? await fetchSessionFiles(baseNoSlash, sid, undefined, { Authorization: `Bearer ${other}` })
+    : null;
+  const bash = await invokeTool(createBashExecutionTool({ authHeaders: { Authorization: `Bearer ${bearer}` } }), {
+    command: 'echo bash with a token',
+  });
+  const withoutToken = await invokeTool(createCodeExecutionTool(), { lang: 'py', code: "print('no token')" });
+  const badToken = await invokeTool(createCodeExecutionTool({ authHeaders: { Authorization: 'Bearer x.y.z' } }), {
+    lang: 'py',
+    code: "print('bad token')",
+  });
+  return {
+    exec,
+    listed: listed?.map((f) => f.name) ?? null,
+    listed_by_other: listedByOther?.map((f) => f.name) ?? null,
+    bash,
+    without_token: withoutToken,
+    bad_token: badToken,
+  };
+};
+
 // ---------------------------------------------------------------------------------------------
 
 const name = process.argv[2];
