@@ -110,7 +110,7 @@ def build_app(settings: Settings) -> web.Application:
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         daemon = holder["daemon"]
         try:
-            await self_test(daemon)
+            await self_test(daemon, lambda c: daemon.store.metrics.canary_result(c.layer, c.ok))
         except BaseException:
             await daemon.close()
             raise
