@@ -70,7 +70,8 @@ def access_middleware(metrics: Metrics) -> Middleware:
         finally:
             route = route_of(request)
             metrics.request_done(route, status)
-            level = logging.ERROR if 500 <= status < 600 else logging.INFO
+            # 503 is the daemon saying "not now" (draining, storage full), not a fault.
+            level = logging.INFO if status < 500 else logging.WARNING if status == 503 else logging.ERROR
             method = request.method if request.method in _METHODS else "OTHER"
             log.log(level, "%s %s %d", method, route, status, extra={"fields": {
                 "method": method, "route": route, "status": status,

@@ -35,7 +35,7 @@ def _mask(path: str, value: object) -> object:
         return {k: _mask(f"{path}.{k}" if path else k, v) for k, v in value.items()}
     if not is_secret(path) or value is None or value == "":
         return value
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return [MASK for _ in value]
     return MASK
 
@@ -47,7 +47,7 @@ def _value(value: object) -> str:
         return repr(value)
     if isinstance(value, str):
         return json.dumps(value, ensure_ascii=False)  # a JSON string is a TOML basic string
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_value(v) for v in value) + "]"
     raise TypeError(f"no TOML form for {type(value).__name__}")
 

@@ -14,6 +14,7 @@ import signal
 from aiohttp import web
 
 from .http import READY, STORE
+from .systemd import notify
 
 __all__ = ["install", "drain"]
 
@@ -25,6 +26,7 @@ KILLED_REPLY_S = 10.0
 
 async def drain(app: web.Application, drain_s: float, cut_short: asyncio.Event) -> None:
     store = app[STORE]
+    notify("STOPPING=1")  # the service manager learns now, not after the drain
     store.closing = True
     app[READY].update(ok=False, why="shutting down")
     log.info("stopping: draining %d run(s) in flight for up to %g s", store.admission.running, drain_s)
