@@ -115,6 +115,21 @@ def test_a_run_longer_than_the_drain_is_killed_and_answers_503(tmp_path: Path) -
     daemon.stop()
 
 
+def test_a_second_sigterm_ends_the_drain_at_once(tmp_path: Path) -> None:
+    base = unique_uid_base()
+    daemon = LiveDaemon(tmp_path, shutdown_drain_s=600, uid_base=base, uid_count=UID_BLOCK)
+    t, result, _ = _start_gated_run(daemon)
+    daemon.proc.send_signal(signal.SIGTERM)
+    _until(lambda: _health(daemon.url) == 503, "health did not turn 503 on SIGTERM")
+    daemon.proc.send_signal(signal.SIGTERM)  # the operator does not want to wait
+    assert daemon.proc.wait(timeout=60) == 0
+    t.join(timeout=30)
+    assert result["status"] == 503, result
+    assert daemon.leftovers() == ([], [])
+    assert procs_in_uid_range(base, UID_BLOCK) == []
+    daemon.stop()
+
+
 def test_crash_leftovers_are_cleaned_by_the_next_start(tmp_path: Path) -> None:
     first = LiveDaemon(tmp_path)
     t = threading.Thread(target=lambda: _swallow(first.exec, "sleep 25", "bash"))
