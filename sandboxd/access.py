@@ -30,7 +30,6 @@ REQUEST_ID_HEADER = "X-Request-Id"
 _SANE_REQUEST_ID = re.compile(r"\A[A-Za-z0-9._:-]{8,64}\Z")
 # What the log line and the metrics show for a request that matched no route.
 UNMATCHED = "unmatched"
-_ID_KEY = web.RequestKey("request_id", str)
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # nginx's convention for "the client closed the connection before the answer".
 CLIENT_CLOSED = 499
@@ -53,16 +52,18 @@ def access_middleware(metrics: Metrics) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         request_id = _request_id(request)
-        request[_ID_KEY] = request_id
         token = REQUEST_ID.set(request_id)
         started = time.monotonic()
         status = 500
         try:
             resp = await handler(request)
             status = resp.status
+            if not resp.prepared:  # (a response the handler streamed got it in echo_request_id)
+                resp.headers[REQUEST_ID_HEADER] = request_id
             return resp
         except web.HTTPException as exc:
             status = exc.status
+            exc.headers[REQUEST_ID_HEADER] = request_id
             raise
         except asyncio.CancelledError:
             status = CLIENT_CLOSED
@@ -83,7 +84,8 @@ def access_middleware(metrics: Metrics) -> Middleware:
 
 
 async def echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: every answer carries the id its log lines carry."""
-    request_id = request.get(_ID_KEY)
-    if request_id is not None:
+    """on_response_prepare, for a response a handler streams itself (a download): it is
+    prepared inside the handler, where the request's id is still current."""
+    request_id = REQUEST_ID.get()
+    if request_id:
         response.headers[REQUEST_ID_HEADER] = request_id
