@@ -13,9 +13,12 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
+
+if TYPE_CHECKING:
+    from aiohttp.typedefs import Middleware
 
 from .logs import REQUEST_ID
 from .metrics import Metrics
