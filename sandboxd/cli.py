@@ -1,10 +1,9 @@
-"""Command line: `serve`, `doctor`, `warm-cache`, `policy show`."""
+"""Command line: `serve`, `doctor`, `warm-cache`, `policy show`, `config show`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import shlex
 import shutil
@@ -13,6 +12,7 @@ import sys
 
 from aiohttp import web
 
+from . import logs
 from .errors import ConfigError
 from .settings import Settings, default_nsjail_path, load_settings
 
@@ -28,23 +28,30 @@ def _settings(ns: argparse.Namespace) -> Settings:
     config = getattr(ns, "config", None)
     if config is None and os.path.exists(DEFAULT_CONFIG):
         config = DEFAULT_CONFIG
-    return load_settings(
+    settings = load_settings(
         config,
+        environ=os.environ,
         host=getattr(ns, "host", None),
         port=getattr(ns, "port", None),
     )
+    logs.set_level(settings.log_level)
+    return settings
 
 
 def cmd_serve(ns: argparse.Namespace) -> int:
+    from . import drain
     from .daemon import build_app
 
     settings = _settings(ns)
     app = build_app(settings)
+    drain.install(app, settings.shutdown_drain_s)
     web.run_app(
         app,
         host=settings.host,
         port=settings.port,
-        shutdown_timeout=settings.shutdown_grace_s,
+        # Runs were drained (SIGTERM) or killed (SIGINT) before this: what is left is
+        # replies being written.
+        shutdown_timeout=drain.KILLED_REPLY_S,
         access_log=None,
         print=lambda *_: None,
         handle_signals=True,
@@ -236,6 +243,14 @@ def cmd_policy_show(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config_show(ns: argparse.Namespace) -> int:
+    """The effective settings as TOML (file, then SANDBOXD_* environment), secrets masked."""
+    from .configshow import render
+
+    print(render(_settings(ns)), end="")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sandboxd", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -258,13 +273,17 @@ def main(argv: list[str] | None = None) -> int:
     common(p)
     p.add_argument("what", choices=["show"])
     p.set_defaults(func=cmd_policy_show)
+    p = sub.add_parser("config", help="print the effective settings (secrets masked)")
+    common(p)
+    p.add_argument("what", choices=["show"])
+    p.set_defaults(func=cmd_config_show)
 
     ns = parser.parse_args(argv)
     # The files the daemon makes for jails (sources, mount points, the font cache) must be readable
     # by the jails' uids whatever umask the caller had (a container entrypoint, a hardened shell).
     # Nothing secret is created without an explicit mode.
     os.umask(0o022)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup("info")  # JSON lines on stderr; the level follows log_level once settings load
     try:
         rc: int = ns.func(ns)
         return rc

@@ -114,7 +114,7 @@ def build_app(settings: Settings) -> web.Application:
         interval = watchdog_interval_s()
         watchdog = asyncio.create_task(watchdog_forever(interval)) if interval else None
         try:
-            await self_test(daemon)
+            await self_test(daemon, lambda c: daemon.store.metrics.canary_result(c.layer, c.ok))
         except BaseException:
             await _cancel(watchdog)
             await daemon.close()
@@ -138,7 +138,8 @@ def build_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(lifecycle)
 
     async def announce_stopping(app: web.Application) -> None:
-        # First thing on SIGTERM, so systemd shows "deactivating" while runs end.
+        # `serve`'s drain announces the stop as SIGTERM arrives; this covers every other way in
+        # (SIGINT, an embedding app). systemd takes a repeated STOPPING=1 as the same state.
         notify("STOPPING=1")
 
     app.on_shutdown.append(announce_stopping)

@@ -14,8 +14,10 @@ import msgspec
 from aiohttp import BodyPartReader, web
 
 from . import workspace
+from .access import access_middleware, echo_request_id, route_of
 from .auth import Authenticator
 from .errors import BadRequest, NotFound, PayloadTooLarge, RateLimited, SandboxdError
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .schemas import BatchFile, BatchReply, ExecRequest, UploadedFile, UploadReply
 from .sessions import Session, SessionStore, StoredFile
 
@@ -50,7 +52,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return _error(429, "rate_limited", exc.message, retry_after_seconds=exc.retry_after_s)
     except SandboxdError as exc:
         if exc.status >= 500:
-            log.warning("%s %s: %s", request.method, request.path, exc.message)
+            log.warning("%s %s: %s", request.method, route_of(request), exc.message)
         error = exc.message if exc.status == 422 else exc.code
         return _error(exc.status, error, exc.message)
     except web.HTTPRequestEntityTooLarge:
@@ -65,7 +67,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except asyncio.CancelledError:
         raise
     except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        log.exception("unhandled error on %s %s", request.method, route_of(request))
         return _error(500, "internal_error", "Internal error")
 
 
@@ -79,6 +81,15 @@ async def health(request: web.Request) -> web.Response:
     if not ready.get("ok") or store.closing:
         return _error(503, "not_ready", ready.get("why", "starting"))
     return _json({"status": "ok", "sessions": len(store.sessions), "runs": store.admission.running})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text: aggregate counts only (no IDs, no principals, no user data), so it is
+    open by default like /health; `metrics_require_auth` puts it behind the API's credentials."""
+    store = request.app[STORE]
+    if store.settings.metrics_require_auth:
+        _owner(request)
+    return web.Response(body=store.metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
 async def exec_code(request: web.Request) -> web.Response:
@@ -262,6 +273,7 @@ async def delete_file(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     for prefix in ("", "/v1"):
         app.router.add_get(prefix + "/health", health)
+        app.router.add_get(prefix + "/metrics", metrics)
         app.router.add_post(prefix + "/exec", exec_code)
         app.router.add_post(prefix + "/upload", upload)
         app.router.add_post(prefix + "/upload/batch", upload_batch)
@@ -274,11 +286,13 @@ def add_routes(app: web.Application) -> None:
 
 def create_app(store: SessionStore, auth: Authenticator, ready: dict[str, object]) -> web.Application:
     app = web.Application(
-        middlewares=[error_middleware],
+        middlewares=[access_middleware(store.metrics), error_middleware],
         client_max_size=store.settings.storage.json_body_max_bytes,
     )
     app[STORE] = store
     app[AUTH] = auth
     app[READY] = ready
+    store.metrics.ready.set_function(lambda: 1 if ready.get("ok") and not store.closing else 0)
+    app.on_response_prepare.append(echo_request_id)
     add_routes(app)
     return app

@@ -22,7 +22,7 @@ import msgspec
 from . import workspace
 from .capture import HeadTail
 from .cgroups import CgroupLimits, CgroupManager, CgroupStats, RunCgroup
-from .errors import JailFailure
+from .errors import JailFailure, Unavailable
 from .policy import JailRun, Policy
 
 __all__ = ["RunLimits", "RunResult", "Runner", "classify"]
@@ -146,6 +146,9 @@ class Runner:
         self._seq = itertools.count(1)
         # Runs in flight: their cgroup and the pid of their nsjail supervisor.
         self._live: dict[int, tuple[RunCgroup, list[int]]] = {}
+        # Set by kill_all: a run the daemon's stop ended gets no result of its own (its user
+        # code did not fail), so the request answers 503 and the client may retry.
+        self.stopping = False
 
     def clean_stale(self) -> None:
         """Replace what a crashed instance left with a fresh tmpfs for per-run source dirs.
@@ -164,6 +167,7 @@ class Runner:
 
     def kill_all(self) -> None:
         """Daemon shutdown: end every run in flight (their tasks then reap and clean up)."""
+        self.stopping = True
         for cg, supervisor in list(self._live.values()):
             cg.kill_all(spare=supervisor[0] if supervisor else None)
 
@@ -202,8 +206,11 @@ class Runner:
             supervisor: list[int] = []
             self._live[seq] = (cg, supervisor)
             try:
-                return await self._run_in(cg, supervisor, profile, program, env, ro_binds, src_dir,
-                                          session_dir, outside_uid, limits)
+                result = await self._run_in(cg, supervisor, profile, program, env, ro_binds, src_dir,
+                                            session_dir, outside_uid, limits)
+                if self.stopping:
+                    raise Unavailable("The daemon stopped before the run finished; retry shortly")
+                return result
             finally:
                 del self._live[seq]
                 await asyncio.to_thread(cg.remove)

@@ -28,6 +28,7 @@ from .errors import BadRequest, InputsUnavailable, NotFound, PayloadTooLarge, Un
 from .ids import is_valid_id, new_id, redact
 from .compilecache import CompileCache
 from .languages import BIN_DIR, Recipe, resolve
+from .metrics import Metrics
 from .runner import Runner, RunLimits, RunResult
 from .schemas import ExecReply, ExecRequest, FileRef, ObjectInfo, OutFile
 from .settings import Settings
@@ -137,10 +138,14 @@ class SessionStore:
         self._free_uids: list[int] = []
         self._next_uid = settings.uid_base
         lim = settings.limits
+        self.metrics = Metrics()
         self.admission = Admission(
             settings.max_concurrent_runs, settings.queue_max, settings.queue_wait_s,
-            retry_after_s=min(lim.wall_timeout_s, 30.0),
+            retry_after_s=min(lim.wall_timeout_s, 30.0), on_wait=self.metrics.queue_wait.observe,
         )
+        self.metrics.watch(sessions=lambda: len(self.sessions), session_bytes=self.total_usage,
+                           runs_active=lambda: self.admission.running,
+                           runs_queued=lambda: self.admission.waiting)
         self.closing = False
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -227,6 +232,7 @@ class SessionStore:
             if s is keep or s.busy or s.lock.locked():
                 continue
             log.info("evicting session %s (storage pressure)", redact(s.id))
+            self.metrics.evicted("lru_sessions" if over_count else "lru_bytes")
             self.drop_session(s)
         if len(self.sessions) + need_sessions > self.settings.storage.sessions_max:
             raise Unavailable("Session storage is full")
@@ -239,6 +245,7 @@ class SessionStore:
         cutoff = time.time() - self.settings.storage.session_ttl_s
         for s in list(self.sessions.values()):
             if s.last_used < cutoff and not s.busy and not s.lock.locked():
+                self.metrics.evicted("ttl")
                 self.drop_session(s)
         self._evict(need_sessions=0, need_bytes=0)
 
@@ -361,7 +368,11 @@ class SessionStore:
         inputs = self._resolve_inputs(req.files or [], owner)
         limits = self._limits(recipe, req.timeout)
 
+        if self.closing:  # draining for a stop: runs in flight finish, new ones are refused
+            raise Unavailable("The daemon is shutting down")
         async with self.admission.slot():
+            if self.closing:
+                raise Unavailable("The daemon is shutting down")
             s = None
             if req.session_id:
                 s = self.sessions.get(req.session_id) if is_valid_id(req.session_id) else None
@@ -377,10 +388,15 @@ class SessionStore:
                     if s.closed:
                         raise NotFound()
                     await _in_thread(self._place_inputs, s, inputs)
-                    if recipe.compile:
-                        result = await self._compile_and_run(s, recipe, code, args, limits)
-                    else:
-                        result = await self._run_step(s, recipe, code, args, limits)
+                    try:
+                        if recipe.compile:
+                            result = await self._compile_and_run(s, recipe, code, args, limits)
+                        else:
+                            result = await self._run_step(s, recipe, code, args, limits)
+                    except BaseException as exc:
+                        self.metrics.run_aborted(recipe.lang, exc)
+                        raise
+                    self.metrics.run_finished(recipe.lang, result.status, result.wall_time_ms / 1000)
                     found = await _in_thread(
                         workspace.walk, s.fd, WALK_MAX_ENTRIES, self.settings.limits.file_max_bytes
                     )

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
 
+from .envconfig import apply_env, blame_env
 from .errors import ConfigError
 
 __all__ = ["Limits", "Storage", "Auth", "Settings", "load_settings", "read_secret_file", "MiB", "GiB"]
@@ -100,7 +102,12 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     # How long a request may wait for a run slot before it gets 429.
     queue_wait_s: Annotated[float, Meta(ge=0, le=600)] = 10.0
     queue_max: Annotated[int, Meta(ge=0)] = 64
-    shutdown_grace_s: Annotated[float, Meta(ge=0)] = 5.0
+    # On SIGTERM: how long runs in flight may still finish (new runs get 503); what is left
+    # then is killed and answers 503. Keep it below the service manager's stop timeout.
+    shutdown_drain_s: Annotated[float, Meta(ge=0, le=3600)] = 20.0
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # /metrics holds aggregate counts only; true puts it behind the API's authentication.
+    metrics_require_auth: bool = False
     limits: Limits = Limits()
     storage: Storage = Storage()
     auth: Auth = Auth()
@@ -164,8 +171,10 @@ def read_secret_file(path: str) -> str:
         raise ConfigError(f"cannot read secret file {path}: {exc}") from exc
 
 
-def load_settings(path: str | None = None, **overrides: object) -> Settings:
-    """Built-in defaults, then the TOML file (if any), then explicit overrides (CLI flags)."""
+def load_settings(path: str | None = None, environ: Mapping[str, str] | None = None,
+                  **overrides: object) -> Settings:
+    """Built-in defaults, then the TOML file (if any), then the SANDBOXD_* variables of
+    `environ` (see envconfig.ENV_SETTINGS), then explicit overrides (CLI flags)."""
     data: dict[str, object] = {}
     if path:
         try:
@@ -176,11 +185,13 @@ def load_settings(path: str | None = None, **overrides: object) -> Settings:
             data = msgspec.toml.decode(raw)
         except msgspec.DecodeError as exc:
             raise ConfigError(f"{path}: {exc}") from exc
+    environ = environ if environ is not None else {}
+    applied = apply_env(data, environ, Settings)
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return msgspec.convert(data, Settings)
     except (msgspec.ValidationError, ValueError) as exc:
-        raise ConfigError(f"invalid settings: {exc}") from exc
+        raise ConfigError(f"invalid settings: {blame_env(str(exc), applied, environ)}") from exc
 
 
 def default_nsjail_path() -> str:

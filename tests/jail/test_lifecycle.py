@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import pytest
 from sandboxd.settings import Settings, load_settings
 
 from tests.conftest import JAIL_CONFIGS, LiveDaemon, procs_in_uid_range, state_dir_for
+from tests.security.conftest import UID_BLOCK, unique_uid_base
 
 pytestmark = pytest.mark.jail
 
@@ -27,29 +29,105 @@ def jail_processes() -> list[int]:
     return procs_in_uid_range(defaults.uid_base, defaults.uid_count)
 
 
-def test_sigterm_ends_runs_and_leaves_nothing(tmp_path: Path) -> None:
-    daemon = LiveDaemon(tmp_path)
+def _post_exec(url: str, code: str, timeout_s: float = 120) -> tuple[int, dict[str, Any]]:
+    """POST /exec; (status, parsed body) for any answer, 503 included."""
+    req = urllib.request.Request(url + "/exec", data=json.dumps({"lang": "py", "code": code}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def _health(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=5) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+# The run tells the host it started, then waits for the host's go-ahead: the test decides
+# when it ends, with no guess about timing.
+_GATED = ("import os, time\nopen('/mnt/data/started', 'w').close()\n"
+          "while not os.path.exists('/mnt/data/go'):\n    time.sleep(0.02)\nprint('finished')\n")
+
+
+def _start_gated_run(daemon: LiveDaemon) -> tuple[threading.Thread, dict[str, Any], Path]:
     result: dict[str, Any] = {}
 
-    def long_run() -> None:
-        try:
-            result["body"] = daemon.exec("echo started; sleep 25; echo never", lang="bash")
-        except (urllib.error.URLError, ConnectionError) as exc:
-            result["error"] = exc
+    def run() -> None:
+        result["status"], result["body"] = _post_exec(daemon.url, _GATED)
 
-    t = threading.Thread(target=long_run)
+    t = threading.Thread(target=run)
     t.start()
-    time.sleep(1.0)
-    assert jail_processes(), "the run should be in flight"
+    sessions = Path(state_dir_for(daemon.tmp)) / "sessions"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        started = list(sessions.glob("*/started"))
+        if started:
+            return t, result, started[0].parent
+        assert t.is_alive(), result
+        time.sleep(0.02)
+    raise AssertionError("the run did not start")
+
+
+def _until(predicate: Any, what: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def test_sigterm_drains_a_run_in_flight_and_refuses_new_ones(tmp_path: Path) -> None:
+    base = unique_uid_base()
+    daemon = LiveDaemon(tmp_path, shutdown_drain_s=120, uid_base=base, uid_count=UID_BLOCK)
+    t, result, session_dir = _start_gated_run(daemon)
+    daemon.proc.send_signal(signal.SIGTERM)
+    # Draining: the listener stays up, says why it takes no work, and refuses new runs.
+    _until(lambda: _health(daemon.url) == 503, "health did not turn 503 on SIGTERM")
+    status, body = _post_exec(daemon.url, "print('too late')")
+    assert (status, body["error"]) == (503, "unavailable")
+    assert t.is_alive() and daemon.proc.poll() is None  # the run in flight is still waited for
+    (session_dir / "go").touch()
+    t.join(timeout=60)
+    assert result["status"] == 200, result
+    assert (result["body"]["status"], result["body"]["stdout"]) == ("ok", "finished\n")
+    assert daemon.proc.wait(timeout=60) == 0
+    assert daemon.leftovers() == ([], [])
+    assert procs_in_uid_range(base, UID_BLOCK) == []
+    daemon.stop()
+
+
+def test_a_run_longer_than_the_drain_is_killed_and_answers_503(tmp_path: Path) -> None:
+    base = unique_uid_base()
+    daemon = LiveDaemon(tmp_path, shutdown_drain_s=1, uid_base=base, uid_count=UID_BLOCK)
+    t, result, _ = _start_gated_run(daemon)  # never given its go-ahead
     started = time.monotonic()
     daemon.proc.send_signal(signal.SIGTERM)
-    assert daemon.proc.wait(timeout=20) == 0
-    assert time.monotonic() - started < 10
-    t.join(timeout=10)
-    if "body" in result:  # the in-flight run was ended, not completed
-        assert "never" not in result["body"]["stdout"]
+    assert daemon.proc.wait(timeout=60) == 0
+    t.join(timeout=30)
+    assert result["status"] == 503, result  # not a 200 claiming the user's code died
+    assert result["body"]["error"] == "unavailable"
+    assert time.monotonic() - started < 25  # the 30 s wall limit did not end it
     assert daemon.leftovers() == ([], [])
-    assert jail_processes() == []
+    assert procs_in_uid_range(base, UID_BLOCK) == []
+    daemon.stop()
+
+
+def test_a_second_sigterm_ends_the_drain_at_once(tmp_path: Path) -> None:
+    base = unique_uid_base()
+    daemon = LiveDaemon(tmp_path, shutdown_drain_s=600, uid_base=base, uid_count=UID_BLOCK)
+    t, result, _ = _start_gated_run(daemon)
+    daemon.proc.send_signal(signal.SIGTERM)
+    _until(lambda: _health(daemon.url) == 503, "health did not turn 503 on SIGTERM")
+    daemon.proc.send_signal(signal.SIGTERM)  # the operator does not want to wait
+    assert daemon.proc.wait(timeout=60) == 0
+    t.join(timeout=30)
+    assert result["status"] == 503, result
+    assert daemon.leftovers() == ([], [])
+    assert procs_in_uid_range(base, UID_BLOCK) == []
     daemon.stop()
 
 
