@@ -152,3 +152,24 @@ def test_a_missing_required_field_is_refused(tmp_path: Path) -> None:
 def test_shipped_profiles_pass_with_every_daemon_path_forbidden(profile: str) -> None:
     forbidden = settings_sources(Settings())
     Policy(str(REPO / "jail-configs"), "/bin/true").check_profile(profile, "/opt/sandboxd/run", forbidden=forbidden)
+
+
+def test_canary_maps_jail_mounts_to_the_host_paths_they_show() -> None:
+    from sandboxd.canary import _exposed_host_paths
+
+    host = ("27 1 254:0 / / rw - ext4 /dev/vda rw\n24 27 0:6 / /dev rw - devtmpfs devtmpfs rw\n"
+            "90 27 254:0 /srv/export /mnt/export rw - ext4 /dev/vda rw\n")
+    jail = ("175 78 0:60 / / ro - tmpfs none rw\n177 175 254:0 /usr /usr ro - ext4 /dev/vda rw\n"
+            "182 175 0:66 /dynamic.1//deleted /etc/passwd ro - tmpfs none rw\n"
+            "190 175 0:6 /null /dev/null rw - devtmpfs devtmpfs rw\n"
+            "197 175 254:0 /tmp/x/sessions/7 /mnt/data rw - ext4 /dev/vda rw\n"
+            "198 175 254:0 /root /data\\040dir ro - ext4 /dev/vda rw\n")
+    exposed = _exposed_host_paths(jail, host)
+    # nsjail's own tmpfs mounts match no host device; the per-run session bind is skipped.
+    assert exposed == {"/usr": ["/usr"], "/dev/null": ["/dev/null"], "/data dir": ["/root"]}
+    # A host filesystem mounted twice shows both host paths, and both are judged.
+    assert _exposed_host_paths("1 0 254:0 /srv/export/a /a ro - ext4 x rw\n", host) == {
+        "/a": ["/srv/export/a", "/mnt/export/a"]}
+    # A host mount that went away while the probe ran (its device number reused) is ignored.
+    gone = host + "99 27 0:60 / /run/other rw - tmpfs tmpfs rw\n"
+    assert "/" in _exposed_host_paths(jail, gone) and "/" not in _exposed_host_paths(jail, gone, host)
