@@ -282,7 +282,8 @@ async def run_canaries(store: SessionStore, log: Callable[[Check], object] | Non
         host = (host_before, _read("/proc/self/mountinfo"))
         for profile, result in zip(profiles, results):
             if isinstance(result, JailFailure):
-                checks.append(Check(f"{profile} profile: jail runs code", False, f"nsjail could not start it: {result}"))
+                checks.append(Check(f"{profile} profile: jail runs code", False,
+                                    f"nsjail could not start it: {result}"))
             else:
                 checks += _judge_profile(profile, result, s.uid, FORBIDDEN_SOURCES + forbidden, host)
         checks += _judge_probe(await jail(_PROBE, [str(port)], base.memory_max_bytes, base.pids_max), s.uid)

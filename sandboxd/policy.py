@@ -81,7 +81,7 @@ _MOUNT_FIELDS = frozenset({"dst", "src", "src_content", "is_bind", "is_symlink",
                            "fstype", "options", "nosuid", "nodev", "noexec"})
 # Filesystems a non-bind mount may create. Threat: sysfs, cgroup, cgroup2, mqueue, devpts, ...
 # expose host-wide kernel state or new kernel code paths; a writable proc exposes sysctls.
-_FSTYPES = {"tmpfs": "rw or ro", "proc": "read-only"}
+_FSTYPES = ("tmpfs", "proc")  # proc only read-only
 # Host paths no jail may see, whole or in part (the settings add the daemon's own paths).
 FORBIDDEN_SOURCES = ("/root", "/home", "/var", "/run", "/srv", "/proc", "/sys", "/boot", "/tmp", "/etc/shadow",
                      "/etc/gshadow", "/etc/ssh", "/etc/sandboxd", "/etc/credstore", "/etc/credstore.encrypted")
@@ -123,7 +123,8 @@ def settings_sources(settings: Settings) -> tuple[str, ...]:
     """Host paths of this daemon that no profile may bind: its state (session tmpfs, per-run
     sources, the lock), the compile cache (other tenants' programs), its key files, its venv."""
     auth = settings.auth
-    key_files = [v for f in auth.__struct_fields__ if f.endswith("_file") and isinstance(v := getattr(auth, f), str) and v]
+    key_files = [v for f in auth.__struct_fields__
+                 if f.endswith("_file") and isinstance(v := getattr(auth, f), str) and v]
     venv = [sys.prefix] if sys.prefix != sys.base_prefix else []  # a system python's prefix is /usr
     return tuple(os.path.abspath(p) for p in (settings.state_dir, settings.compile_cache_dir, *key_files, *venv))
 
@@ -147,7 +148,9 @@ def _check_mount(path: str, mount: Message, denied: tuple[str, ...]) -> None:
         return
     if _one(mount, "is_bind", False) is not True:
         fstype = _one(mount, "fstype")
-        if fstype not in _FSTYPES or src is not None:
+        if src is not None:
+            raise ConfigError(f"{path}: mount {dst}: a src needs is_bind: true (it names a host path)")
+        if fstype not in _FSTYPES:
             raise ConfigError(f"{path}: mount {dst}: fstype {fstype!r} is not allowed (only tmpfs, and "
                               "proc read-only; no sysfs, cgroup, mqueue, devpts, ...)")
         if fstype == "proc" and rw:
