@@ -197,7 +197,7 @@ def cmd_warm_cache(ns: argparse.Namespace) -> int:
 def cmd_policy_show(ns: argparse.Namespace) -> int:
     """Print the effective policy from the objects the runner uses, so it cannot drift."""
     from .languages import BIN_DIR, RECIPES
-    from .policy import JailRun, Policy
+    from .policy import JailRun, Policy, settings_sources
 
     settings = _settings(ns)
     policy = Policy(settings.jail_configs_dir, settings.nsjail_path or default_nsjail_path())
@@ -216,7 +216,7 @@ def cmd_policy_show(ns: argparse.Namespace) -> int:
     print(f"  upload_max_bytes={st.upload_max_bytes}  json_body_max_bytes={st.json_body_max_bytes}")
     print(f"auth: mode={settings.auth.mode}  listener={settings.host}:{settings.port}\n")
     for profile in sorted({r.profile for r in RECIPES.values()}):
-        policy.check_profile(profile, settings.state_dir)
+        policy.check_profile(profile, settings.state_dir, forbidden=settings_sources(settings))
         print(policy.describe(profile, uid_range) + "\n")
     print("languages (recipe -> exact nsjail command line):")
     for lang, recipe in sorted(RECIPES.items()):

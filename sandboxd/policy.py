@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -16,7 +18,10 @@ from .errors import ConfigError
 from .pbtext import Message, Value, parse
 from .languages import SOURCE_DIR
 
-__all__ = ["JailRun", "Policy", "INSIDE_ID", "JAIL_INIT", "SESSION_MOUNT", "NAMESPACES"]
+if TYPE_CHECKING:
+    from .settings import Settings
+
+__all__ = ["JailRun", "Policy", "settings_sources", "INSIDE_ID", "JAIL_INIT", "SESSION_MOUNT", "NAMESPACES"]
 
 INSIDE_ID = 1000  # the uid/gid user code sees; mapped to a per-session outside id
 # The jail's pid 1. A program running as pid 1 ignores every signal it has no handler for
@@ -27,26 +32,62 @@ SESSION_MOUNT = "/mnt/data"
 SECCOMP_FILE = "seccomp.kafel"
 NAMESPACES = ("clone_newnet", "clone_newuser", "clone_newns", "clone_newpid", "clone_newipc", "clone_newuts",
               "clone_newcgroup")
-# Fields a profile must not set at all: each would undo a per-run guarantee.
-_FORBIDDEN = {
+# The checker is an allowlist: a profile may set these top-level fields and nothing else, so a
+# field nsjail learns later (or one this list forgot) is refused by name instead of passing
+# unseen. Each value is what the field may hold; None means any value (it is checked elsewhere
+# or cannot weaken the jail).
+_FIELDS: dict[str, object] = {
+    "name": None, "description": None, "hostname": None, "cwd": None,
+    "time_limit": None,  # overridden per run; the daemon's own timer is authoritative
+    "envar": None,       # the environment allowlist itself
+    # Threat: mode LISTEN serves the jail on a host TCP port, RERUN runs it forever.
+    "mode": "ONCE",
+    # Threat: the daemon's environment (its API key) inside the jail.
+    "keep_env": False,
+    # Threat: capabilities or setuid binaries giving root inside the jail.
+    "keep_caps": False,
+    "disable_no_new_privs": False,
+    # Threat: job-control signals and terminal ioctls aimed at the daemon's session.
+    "skip_setsid": False,
+    # Programs expect a loopback interface; it leads nowhere outside the jail.
+    "iface_no_lo": False,
+    # rlimits are a backstop (cgroups are authoritative); fsize and nofile come per run.
+    "rlimit_as_type": None, "rlimit_core": 0, "rlimit_cpu_type": None, "rlimit_nofile": None,
+    "rlimit_nproc_type": None, "rlimit_stack_type": None,
+    # Threat: every shared kernel namespace is a way out or a way to observe others.
+    **{ns: True for ns in NAMESPACES},
+    "mount": None,       # every mount is checked below
+}
+# Fields that must appear, so nsjail's defaults (some of them weaker) never decide.
+_REQUIRED = ("name", "description", "mode", "keep_env", *NAMESPACES)
+# Named here so the refusal says why; every other unknown field is refused too.
+_WHY_NOT = {
     "uidmap": "uid maps are per session (nsjail appends, it does not replace)",
     "gidmap": "gid maps are per session",
     "iface_own": "jails get only the loopback interface",
     "macvlan_iface": "jails get only the loopback interface",
+    "user_net": "jails get only the loopback interface (no user-mode networking)",
     "seccomp_string": "the seccomp policy lives in seccomp.kafel",
+    "seccomp_policy_file": "the seccomp policy is passed per run",
     "chroot": "the root is nsjail's empty tmpfs, not a host directory",
+    "pass_fd": "only stdin, stdout and stderr reach the jail",
+    "exec_bin": "the program is passed per run, behind the jail's init",
+    "disable_rl": "the rlimit backstop stays on",
+    "mount_proc": "/proc is an explicit read-only mount",
+    "is_root_rw": "the jail's root stays read-only",
 }
-# Fields that must be false when present.
-_MUST_BE_FALSE = {
-    "keep_env": "the environment is an explicit allowlist",
-    "keep_caps": "jails keep no capabilities",
-    "disable_no_new_privs": "no_new_privs must stay on",
-    "iface_no_lo": "loopback must exist (programs expect it)",
-}
-# Host paths no jail may see, whole or in part.
-FORBIDDEN_SOURCES = ("/root", "/home", "/var", "/run", "/srv", "/proc", "/sys", "/boot", "/etc/shadow",
-                     "/etc/ssh", "/etc/sandboxd")
-# Read-write binds a profile may have: device nodes whose writes go nowhere.
+# Mount fields allowed; anything else (prefix_src_env, ...) is refused by name.
+_MOUNT_FIELDS = frozenset({"dst", "src", "src_content", "is_bind", "is_symlink", "is_dir", "rw", "mandatory",
+                           "fstype", "options", "nosuid", "nodev", "noexec"})
+# Filesystems a non-bind mount may create. Threat: sysfs, cgroup, cgroup2, mqueue, devpts, ...
+# expose host-wide kernel state or new kernel code paths; a writable proc exposes sysctls.
+_FSTYPES = ("tmpfs", "proc")  # proc only read-only
+# Host paths no jail may see, whole or in part (the settings add the daemon's own paths).
+FORBIDDEN_SOURCES = ("/root", "/home", "/var", "/run", "/srv", "/proc", "/sys", "/boot", "/tmp", "/etc/shadow",
+                     "/etc/gshadow", "/etc/ssh", "/etc/sandboxd", "/etc/credstore", "/etc/credstore.encrypted")
+# /dev is forbidden whole; only these character devices may be bound, each read-only unless
+# its writes go nowhere (RW_BIND_ALLOWED).
+DEVICE_SOURCES = ("/dev/null", "/dev/zero", "/dev/random", "/dev/urandom")
 RW_BIND_ALLOWED = ("/dev/null", "/dev/zero")
 
 
@@ -61,6 +102,80 @@ def _sub(msg: Message, key: str) -> list[Message]:
 
 def _under(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _host_forms(src: str) -> tuple[str, ...]:
+    """A host path as written (normalized) and as the kernel will resolve it (symlinks
+    followed), so `/usr/../root`, `//root` and a symlink to /root all compare as /root."""
+    norm = os.path.normpath(src)
+    if norm.startswith("//"):  # POSIX keeps a leading "//"; Linux treats it as "/"
+        norm = "/" + norm.lstrip("/")
+    # realpath of the raw path too: the kernel resolves "link/.." against the link's target,
+    # which normpath (a string operation) gets wrong.
+    return tuple(dict.fromkeys((os.path.realpath(src), os.path.realpath(norm), norm)))
+
+
+def _host_forms_all(paths: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(form for p in paths for form in _host_forms(p))
+
+
+def settings_sources(settings: Settings) -> tuple[str, ...]:
+    """Host paths of this daemon that no profile may bind: its state (session tmpfs, per-run
+    sources, the lock), the compile cache (other tenants' programs), its key files, its venv."""
+    auth = settings.auth
+    key_files = [v for f in auth.__struct_fields__
+                 if f.endswith("_file") and isinstance(v := getattr(auth, f), str) and v]
+    venv = [sys.prefix] if sys.prefix != sys.base_prefix else []  # a system python's prefix is /usr
+    return tuple(os.path.abspath(p) for p in (settings.state_dir, settings.compile_cache_dir, *key_files, *venv))
+
+
+def _check_mount(path: str, mount: Message, denied: tuple[str, ...]) -> None:
+    unknown = sorted(set(mount) - _MOUNT_FIELDS)
+    dst = _one(mount, "dst")
+    if unknown:
+        raise ConfigError(f"{path}: mount {dst}: field '{unknown[0]}' is not allowed")
+    if not isinstance(dst, str) or not dst.startswith("/"):
+        raise ConfigError(f"{path}: every mount needs an absolute dst, not {dst!r}")
+    src, rw = _one(mount, "src"), _one(mount, "rw", False) is not False
+    if _one(mount, "is_symlink", False) is True:
+        # src is the link's target inside the jail, resolved there: no host path is exposed.
+        if _one(mount, "is_bind", False) is not False or rw or "src_content" in mount:
+            raise ConfigError(f"{path}: symlink {dst} must be only a symlink")
+        return
+    if "src_content" in mount:
+        if src is not None or _one(mount, "is_bind", False) is not False or rw:
+            raise ConfigError(f"{path}: synthesized file {dst} must be read-only and have no src")
+        return
+    if _one(mount, "is_bind", False) is not True:
+        fstype = _one(mount, "fstype")
+        if src is not None:
+            raise ConfigError(f"{path}: mount {dst}: a src needs is_bind: true (it names a host path)")
+        if fstype not in _FSTYPES:
+            raise ConfigError(f"{path}: mount {dst}: fstype {fstype!r} is not allowed (only tmpfs, and "
+                              "proc read-only; no sysfs, cgroup, mqueue, devpts, ...)")
+        if fstype == "proc" and rw:
+            raise ConfigError(f"{path}: proc at {dst} must be read-only (a writable proc exposes sysctls)")
+        if fstype == "tmpfs":
+            opts = str(_one(mount, "options", "")).split(",")
+            if not any(o.startswith("size=") for o in opts) or _one(mount, "nosuid") is not True \
+                    or _one(mount, "nodev") is not True:
+                raise ConfigError(f"{path}: tmpfs at {dst} needs a size= option, nosuid and nodev "
+                                  "(host memory, planted setuid files and device nodes)")
+        return
+    # A bind of a host path: the source is where the host is exposed.
+    if not isinstance(src, str) or not src.startswith("/"):
+        raise ConfigError(f"{path}: bind at {dst}: src {src!r} must be an absolute host path "
+                          "(a relative one resolves from the daemon's working directory)")
+    forms = _host_forms(src)
+    for form in forms:
+        if _under("/dev", form) or (_under(form, "/dev") and form not in DEVICE_SOURCES):
+            raise ConfigError(f"{path}: bind of {src} would expose host devices (only "
+                              f"{', '.join(DEVICE_SOURCES)} may be bound)")
+        for f in denied:
+            if _under(form, f) or _under(f, form):
+                raise ConfigError(f"{path}: bind of {src} would expose the forbidden host path {f}")
+    if rw and not all(form in RW_BIND_ALLOWED for form in forms):
+        raise ConfigError(f"{path}: bind of {src} must be read-only (rw only for {', '.join(RW_BIND_ALLOWED)})")
 
 
 class JailRun(msgspec.Struct, frozen=True, kw_only=True):
@@ -103,31 +218,37 @@ class Policy:
         except OSError as exc:
             raise ConfigError(f"jail profile {path}: {exc.strerror}") from exc
 
-    def check_profile(self, profile: str, state_dir: str | None = None) -> Message:
-        """Fail fast on a profile that is missing, unnamed, or weakens a per-run guarantee."""
+    def check_profile(self, profile: str, state_dir: str | None = None, *,
+                      forbidden: tuple[str, ...] = ()) -> Message:
+        """Fail fast on a profile that is missing, unnamed, or weakens a per-run guarantee.
+
+        An allowlist: every top-level field and every mount field must be one this checker knows,
+        with a value it accepts. `forbidden` adds host paths no bind may reach (the daemon's own
+        state, cache, keys and venv: `settings_sources(settings)`)."""
         path = self.profile_path(profile)
         msg = self.load(profile)
+        for key in msg:
+            if key not in _FIELDS:
+                why = _WHY_NOT.get(key, "not on the profile field allowlist in sandboxd/policy.py")
+                raise ConfigError(f"{path}: '{key}' is not allowed: {why}")
+        for key in _REQUIRED:
+            if key not in msg:
+                raise ConfigError(f"{path}: '{key}' must be set explicitly (nsjail's default must not decide)")
+        for key, want in _FIELDS.items():
+            for value in msg.get(key, []) if want is not None else []:
+                if type(value) is not type(want) or value != want:
+                    shown = str(want).lower() if isinstance(want, bool) else want
+                    raise ConfigError(f"{path}: '{key}' must be {shown}, not {value!r}")
         if _one(msg, "name") != profile:
             raise ConfigError(f'{path} must open with name: "{profile}"')
         if not _one(msg, "description"):
             raise ConfigError(f"{path} needs a description")
-        for key, why in _FORBIDDEN.items():
-            if key in msg:
-                raise ConfigError(f"{path}: '{key}' is not allowed: {why}")
-        for key, why in _MUST_BE_FALSE.items():
-            if _one(msg, key, False) is not False:
-                raise ConfigError(f"{path}: '{key}' must be false: {why}")
-        for ns in NAMESPACES:
-            if _one(msg, ns) is not True:
-                raise ConfigError(f"{path}: '{ns}: true' is required: every namespace is separate")
-        forbidden = FORBIDDEN_SOURCES + ((os.path.abspath(state_dir),) if state_dir else ())
-        for mount in _sub(msg, "mount"):
-            src, dst = str(_one(mount, "src", "")), str(_one(mount, "dst", ""))
-            if _one(mount, "is_bind", False) is True:
-                if any(_under(src, f) or _under(f, src) for f in forbidden if src):
-                    raise ConfigError(f"{path}: bind of {src} would expose a forbidden host path")
-                if _one(mount, "rw", False) is True and dst not in RW_BIND_ALLOWED:
-                    raise ConfigError(f"{path}: bind of {src} must be read-only")
+        extra = forbidden + ((state_dir,) if state_dir else ())
+        denied = _host_forms_all(FORBIDDEN_SOURCES + tuple(os.path.abspath(p) for p in extra))
+        for mount in msg.get("mount", []):
+            if not isinstance(mount, dict):
+                raise ConfigError(f"{path}: 'mount' must be a message {{ ... }}")
+            _check_mount(path, mount, denied)
         return msg
 
     def check_submounts(self, profile: str, mountinfo: str | None = None) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from sandboxd.languages import RECIPES
 from sandboxd.settings import Settings, load_settings
 
 from tests.conftest import JAIL_CONFIGS, LiveDaemon, procs_in_uid_range, state_dir_for
@@ -175,6 +176,10 @@ def test_doctor_passes_here_and_names_what_is_missing(tmp_path: Path) -> None:
     for layer in ("seccomp filter", "network isolation", "non-root outside uid", "pids limit enforced",
                   "memory limit enforced", "host files hidden"):
         assert f"[ok] canary: {layer}" in ok.stdout
+    for profile in sorted({r.profile for r in RECIPES.values()}):  # every profile, not only python's
+        for layer in ("static policy check", "jail runs code", "non-root outside uid", "namespaces separate",
+                      "seccomp filter", "network isolation", "host files hidden"):
+            assert f"[ok] canary: {profile} profile: {layer}" in ok.stdout
     bad = tmp_path / "bad.toml"
     bad.write_text(f'state_dir = "{state_dir_for(tmp_path)}"\njail_configs_dir = "/nonexistent"\n'
                    'nsjail_path = "/nonexistent/nsjail"\n')
@@ -213,4 +218,48 @@ async def test_daemon_refuses_to_serve_when_a_layer_is_missing(tmp_path: Path, m
         await make_client(jail_configs_dir=str(weak))
     # Twin: the shipped policy starts and serves.
     client = await make_client()
+    assert (await client.get("/health")).status == 200
+
+
+# (profile, the weakening edit, the canary layer that must name it, a harmless edit of the same
+# kind). An edit is (line to replace, replacement); an empty line to replace appends.
+Edit = tuple[str, str]
+SLIPPED: list[tuple[str, Edit, str, Edit]] = [
+    ("node", ("clone_newnet: true", "clone_newnet: false"), "network isolation",
+     ('hostname: "sandbox"', 'hostname: "jail"')),
+    ("r", ("", 'mount { dst: "/data" src: "/root" is_bind: true }'), "host files hidden",
+     ("", 'mount { dst: "/data" src: "/usr/share/doc" is_bind: true }')),
+    ("php", ("", 'mount { dst: "/opt/keys" src: "/etc/ssh" is_bind: true mandatory: false }'), "host files hidden",
+     ("", 'mount { dst: "/opt/keys" src: "/etc/ssl" is_bind: true mandatory: false }')),
+    # Without pasta on the host the jail cannot even start; with it, it would get a route out.
+    ("native", ("", "user_net { enable: true }"), "(network isolation|jail runs code)", ("", 'envar: "EXTRA=1"')),
+]
+
+
+def _edited(tmp: Path, name: str, profile: str, edit: Edit) -> Path:
+    import shutil
+
+    configs = tmp / name
+    shutil.copytree(JAIL_CONFIGS, configs)
+    text = (JAIL_CONFIGS / f"{profile}.cfg").read_text()
+    old, new = edit
+    assert not old or f"\n{old}\n" in text
+    (configs / f"{profile}.cfg").write_text(text.replace(f"\n{old}\n", f"\n{new}\n") if old else f"{text}\n{new}\n")
+    return configs
+
+
+@pytest.mark.parametrize("profile,edit,layer,twin", SLIPPED, ids=[s[0] for s in SLIPPED])
+async def test_daemon_refuses_a_profile_that_slipped_past_the_checker(
+        tmp_path: Path, make_client: Any, monkeypatch: pytest.MonkeyPatch,
+        profile: str, edit: Edit, layer: str, twin: Edit) -> None:
+    """The canaries prove every profile in a real jail, so a weakening the static checker
+    missed (simulated here by switching the checker off) still stops the daemon, naming the
+    profile and the layer."""
+    from sandboxd.policy import Policy
+
+    monkeypatch.setattr(Policy, "check_profile", lambda self, name, *a, **kw: self.load(name))
+    with pytest.raises(Exception, match=f"{profile} profile: {layer}"):
+        await make_client(jail_configs_dir=str(_edited(tmp_path, "weak", profile, edit)))
+    # Twin: the same unchecked start with a harmless edit serves.
+    client = await make_client(jail_configs_dir=str(_edited(tmp_path, "harmless", profile, twin)))
     assert (await client.get("/health")).status == 200

@@ -163,6 +163,64 @@ async def test_kernel_socket_family_denied(client: Any, name: str) -> None:
     assert await jail_json(client, code) == {"attack": "EPERM", "twin": "ok"}
 
 
+# (family, type, protocol) of sockets whose protocol the kernel would load a module for (or
+# that only raw access needs); seccomp answers EPERM before the kernel looks the protocol up.
+PROTOCOLS = {
+    "inet_stream_sctp": (2, 1, 132),
+    "inet6_stream_sctp": (10, 1, 132),
+    "inet_dgram_l2tp": (2, 2, 115),
+    "inet6_dgram_l2tp": (10, 2, 115),
+    "inet_dgram_udplite": (2, 2, 136),
+    "inet_stream_mptcp": (2, 1, 262),
+    "inet_dgram_raw_protocol": (2, 2, 255),
+    "inet_dgram_icmp_ping": (2, 2, 1),
+    "inet6_dgram_icmpv6_ping": (10, 2, 58),
+    "unix_stream_protocol_1": (1, 1, 1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PROTOCOLS))
+async def test_socket_protocol_outside_tcp_udp_is_denied(client: Any, name: str) -> None:
+    family, kind, proto = PROTOCOLS[name]
+    code = (
+        "import socket, errno, json\nr = {}\n"
+        f"for key, make in (('socket', socket.socket), ('socketpair', socket.socketpair)):\n"
+        "    try:\n"
+        f"        made = make({family}, {kind}, {proto}); r[key] = 'created'\n"
+        "    except OSError as e:\n        r[key] = errno.errorcode[e.errno]\n"
+        "print(json.dumps(r))\n"
+    )
+    assert await jail_json(client, code) == {"socket": "EPERM", "socketpair": "EPERM"}
+
+
+async def test_tcp_udp_and_unix_sockets_with_default_or_named_protocol_still_work(client: Any) -> None:
+    """Twin of the protocol denials: ordinary loopback traffic inside the jail, with protocol 0
+    and with IPPROTO_TCP/IPPROTO_UDP spelled out, over IPv4 and IPv6, and unix sockets."""
+    code = (
+        "import socket, json\nr = {}\n"
+        "for fam, host in ((socket.AF_INET, '127.0.0.1'), (socket.AF_INET6, '::1')):\n"
+        "    for proto_srv, proto_cli in ((0, socket.IPPROTO_TCP), (socket.IPPROTO_TCP, 0)):\n"
+        "        srv = socket.socket(fam, socket.SOCK_STREAM, proto_srv); srv.bind((host, 0)); srv.listen(1)\n"
+        "        cli = socket.socket(fam, socket.SOCK_STREAM, proto_cli); cli.connect(srv.getsockname()[:2])\n"
+        "        conn, _ = srv.accept(); cli.sendall(b'tcp'); r[f'tcp{fam}-{proto_srv}'] = conn.recv(3).decode()\n"
+        "        for x in (conn, cli, srv): x.close()\n"
+        "    for proto_a, proto_b in ((0, socket.IPPROTO_UDP), (socket.IPPROTO_UDP, 0)):\n"
+        "        a = socket.socket(fam, socket.SOCK_DGRAM, proto_a); a.bind((host, 0))\n"
+        "        b = socket.socket(fam, socket.SOCK_DGRAM, proto_b); b.sendto(b'udp', a.getsockname()[:2])\n"
+        "        r[f'udp{fam}-{proto_a}'] = a.recv(3).decode(); a.close(); b.close()\n"
+        "x, y = socket.socketpair(); x.sendall(b'pair'); r['pair'] = y.recv(4).decode()\n"
+        "srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0); srv.bind('\\0sandboxd-test'); srv.listen(1)\n"
+        "cli = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0); cli.connect('\\0sandboxd-test')\n"
+        "conn, _ = srv.accept(); cli.sendall(b'unix'); r['unix'] = conn.recv(4).decode()\n"
+        "d = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM, 0); d.close()\n"
+        "print(json.dumps(r))\n"
+    )
+    r = await jail_json(client, code)
+    assert r == {"tcp2-0": "tcp", "tcp2-6": "tcp", "tcp10-0": "tcp", "tcp10-6": "tcp",
+                 "udp2-0": "udp", "udp2-17": "udp", "udp10-0": "udp", "udp10-17": "udp",
+                 "pair": "pair", "unix": "unix"}
+
+
 async def test_tiocsti_ioctl_denied_other_ioctls_work(client: Any) -> None:
     code = (
         "import fcntl, termios, os, errno, json, array\nr = {}\n"
