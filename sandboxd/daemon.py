@@ -20,7 +20,7 @@ from .compilecache import CompileCache
 from .errors import ConfigError
 from .http import create_app
 from .languages import RECIPES
-from .policy import Policy
+from .policy import Policy, settings_sources
 from .runner import Runner
 from .sessions import SessionStore
 from .settings import Settings, default_nsjail_path
@@ -42,7 +42,7 @@ class Daemon:
         try:
             self.policy = Policy(settings.jail_configs_dir, settings.nsjail_path or default_nsjail_path())
             for profile in sorted({r.profile for r in RECIPES.values()}):
-                self.policy.check_profile(profile, settings.state_dir)
+                self.policy.check_profile(profile, settings.state_dir, forbidden=settings_sources(settings))
                 self.policy.check_submounts(profile)
             self.cgroups: CgroupManager = detect_cgroups(settings.cgroup_name)
             self.cgroups.setup()
