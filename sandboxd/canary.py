@@ -8,11 +8,13 @@ controller that does not enforce), the daemon refuses to start and names the lay
 from __future__ import annotations
 
 import json
+import os
 import socket
 from collections.abc import Callable
 
 import msgspec
 
+from .errors import JailFailure, SandboxdError
 from .languages import RECIPES
 from .runner import RunLimits, RunResult
 from .sessions import SessionStore
@@ -99,9 +101,22 @@ async def run_canaries(store: SessionStore, log: Callable[[Check], object] | Non
     """Run the probes in a throwaway session; return every check (the caller decides)."""
     py = RECIPES["py"]
     base = store.settings.limits
-    s = store.create_session(CANARY_OWNER)
+    try:
+        s = store.create_session(CANARY_OWNER)
+    except OSError as exc:
+        # The tmpfs belongs to the session's uid (mode 0700): root reaches it only with
+        # CAP_DAC_OVERRIDE, which a container may have dropped.
+        return _report([Check("session storage", False, f"cannot create a session directory: {exc}")], log)
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
+        # Uploads and a turn's input files are written the way this writes: a directory and a
+        # file created by root, then handed to the session's uid (root needs CAP_CHOWN).
+        try:
+            fd, _ = store.open_upload(s, "canary/owned-by-session.txt")
+            os.close(fd)
+            owned = Check("session files owned by the session uid", True)
+        except (SandboxdError, OSError) as exc:
+            owned = Check("session files owned by the session uid", False, str(exc))
         listener.bind(("127.0.0.1", 0))
         listener.listen(8)
         port = listener.getsockname()[1]
@@ -117,7 +132,13 @@ async def run_canaries(store: SessionStore, log: Callable[[Check], object] | Non
                 session_dir=s.path, outside_uid=s.uid, limits=limits, env=py.env,
             )
 
-        checks = _judge_probe(await jail(_PROBE, [str(port)], base.memory_max_bytes, base.pids_max), s.uid)
+        try:
+            probe = await jail(_PROBE, [str(port)], base.memory_max_bytes, base.pids_max)
+        except JailFailure as exc:
+            # nsjail could not build the jail (a uid map, a mount, a namespace): its reason
+            # names the missing layer.
+            return _report([owned, Check("jail launches", False, exc.reason or exc.message)], log)
+        checks = [owned, *_judge_probe(probe, s.uid)]
         forks = await jail(_FORKS, [], base.memory_max_bytes, 16)
         checks.append(Check("pids limit enforced", forks.status == "pids_limit" and forks.stdout.strip().isdigit()
                             and int(forks.stdout) < 16, f"status {forks.status}, forks {forks.stdout.strip()}"))
@@ -128,6 +149,10 @@ async def run_canaries(store: SessionStore, log: Callable[[Check], object] | Non
         listener.close()
         async with s.lock:
             store.drop_session(s)
+    return _report(checks, log)
+
+
+def _report(checks: list[Check], log: Callable[[Check], object] | None) -> list[Check]:
     if log is not None:
         for c in checks:
             log(c)
