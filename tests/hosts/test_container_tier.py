@@ -269,6 +269,8 @@ def test_minimal_privileges_serve(start_container: Callable[..., SandboxdContain
     assert any(name.startswith("fontlist-") for name in fonts), fonts
 
     # Nothing the daemon starts inherits the key: not the daemon, not nsjail, not a jail.
+    key_file = podman("exec", c.name, "stat", "-c", "%a %U", "/run/sandboxd-entrypoint/api-keys").stdout
+    assert key_file.split() == ["600", "root"], key_file
     # (`podman exec` itself gets the container's configured environment, key included, so
     # the daemon's pid comes from pgrep on its exact command line.)
     pid = podman("exec", c.name, "pgrep", "-x", "-f",
