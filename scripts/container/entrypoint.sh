@@ -19,10 +19,17 @@ umask 022
 
 OPERATOR_CONFIG=/etc/sandboxd/sandboxd.toml
 GENERATED_DIR=/run/sandboxd-entrypoint
-# Outside uids of this container's jails. The host install defaults to 300000-359999; a
-# container on the same host gets a range of its own, far above the subordinate-id blocks
-# useradd hands out. Give every further container on one host its own base.
-UID_BASE=${SANDBOXD_UID_BASE:-1000000000}
+# Outside uids of this container's jails (60000 of them from the base).
+# - In a user namespace (podman --uidmap, docker's userns-remap) they are the container's own
+#   uids, which the engine maps to host uids: 100000 up, inside a map of at least 0-159999.
+# - Without one they are host uids: the host install uses 300000-359999, and useradd hands out
+#   subordinate-id blocks from 100000 up, so a container takes a range far above both. Give
+#   every further container on one host its own base.
+if [ "$(awk 'NR == 1 { print $1, $2, $3 }' /proc/self/uid_map)" = "0 0 4294967295" ]; then
+  UID_BASE=${SANDBOXD_UID_BASE:-1000000000}
+else
+  UID_BASE=${SANDBOXD_UID_BASE:-100000}
+fi
 
 if [ -f "$OPERATOR_CONFIG" ]; then
   if [ -n "${SANDBOXD_API_KEY:-}" ]; then

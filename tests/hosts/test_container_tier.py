@@ -42,8 +42,14 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct")
 RUN_TAG = f"sandboxd-ctest-{os.getpid()}"
 API_KEY = f"container-tier-key-{os.getpid()}"
-# The entrypoint's own uid range for jails (distinct from the host install's 300000).
-CONTAINER_UID_BASE = 1_000_000_000
+# The recommended user namespace (as in docker-compose.example.yml): the container's uids
+# 0-199999 are host uids 2000000000 up, so its root is no uid the host trusts.
+USERNS_HOST_UID = 2_000_000_000
+USERNS_SIZE = 200_000
+# The entrypoint's uid range for jails: container uids in a user namespace, else host uids
+# (apart from a host install's 300000 and from useradd's subordinate-id blocks).
+UID_BASE_IN_USERNS = 100_000
+UID_BASE_HOST_UIDS = 1_000_000_000
 MINIMAL_CAPS = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_SETGID", "CAP_SETUID", "CAP_SYS_ADMIN"]
 # Start-up includes the font cache build and the canaries in real jails; generous for a
 # loaded 2-core machine, never reached by a healthy start.
@@ -80,10 +86,19 @@ def podman(*args: str, check: bool = True, timeout: float = 120) -> subprocess.C
 
 # --- cgroup parents ---------------------------------------------------------------------------
 
-def make_cgroup_parent(name: str) -> None:
-    """The group whose v1 controllers are bound writable into the container."""
+def make_cgroup_parent(name: str, owner: int = 0) -> None:
+    """The group whose v1 controllers are bound writable into the container, owned by the
+    host uid of the container's root (groups made inside it inherit that owner)."""
     for ctrl in V1_CONTROLLERS:
-        (CGROUP_ROOT / ctrl / name).mkdir(exist_ok=True)
+        group = CGROUP_ROOT / ctrl / name
+        group.mkdir(exist_ok=True)
+        for path in [group, *group.iterdir()]:
+            os.chown(path, owner, owner)
+
+
+def user_namespace() -> list[str]:
+    mapping = f"0:{USERNS_HOST_UID}:{USERNS_SIZE}"
+    return ["--uidmap", mapping, "--gidmap", mapping]
 
 
 def remove_cgroup_parent(name: str) -> list[str]:
@@ -151,11 +166,13 @@ class SandboxdContainer:
         self.cgroup = name
         self.url = ""
 
-    def start(self, image: str, without: str | None = None) -> None:
-        make_cgroup_parent(self.cgroup)
+    def start(self, image: str, without: str | None = None, userns: bool = True) -> None:
+        make_cgroup_parent(self.cgroup, USERNS_HOST_UID if userns else 0)
         args = ["run", "--detach", "--name", self.name, "--label", f"org.sandboxd.test={RUN_TAG}",
                 "--cap-drop", "ALL", "--cgroup-parent", f"/{self.cgroup}",
                 "--publish", "127.0.0.1::8000", "--env", f"SANDBOXD_API_KEY={API_KEY}"]
+        if userns:
+            args += user_namespace()
         for item, item_args in privileges(self.cgroup).items():
             if item != without:
                 args += item_args
@@ -212,10 +229,10 @@ class SandboxdContainer:
 def start_container(image: str) -> Iterator[Callable[..., SandboxdContainer]]:
     made: list[SandboxdContainer] = []
 
-    def start(without: str | None = None) -> SandboxdContainer:
+    def start(without: str | None = None, userns: bool = True) -> SandboxdContainer:
         c = SandboxdContainer(f"{RUN_TAG}-{len(made)}")
         made.append(c)  # before it exists: a failed start is cleaned up too
-        c.start(image, without)
+        c.start(image, without, userns)
         return c
 
     yield start
@@ -237,11 +254,12 @@ def test_image_is_cached_by_its_inputs(image: str) -> None:
     assert ref.endswith(":" + labels["org.sandboxd.inputs"][:16])
 
 
-def test_minimal_privileges_serve(start_container: Callable[..., SandboxdContainer]) -> None:
-    """--cap-drop ALL plus the minimal set, not privileged: canaries pass, /health 200 on
-    loopback, runs need the key, jails use the container's own uid range, and the key is in
-    no environment the daemon passes on."""
-    c = start_container()
+@pytest.mark.parametrize("userns", [True, False], ids=["user-namespace", "host-uids"])
+def test_minimal_privileges_serve(start_container: Callable[..., SandboxdContainer], userns: bool) -> None:
+    """--cap-drop ALL plus the minimal set, not privileged, with and without a user namespace:
+    canaries pass, /health 200 on loopback, runs need the key, jails use the container's own
+    uid range, and the key is in no environment the daemon passes on."""
+    c = start_container(userns=userns)
     c.wait_ready()
     info = c.inspect()
     host = info["HostConfig"]
@@ -256,8 +274,23 @@ def test_minimal_privileges_serve(start_container: Callable[..., SandboxdContain
     assert status == 401, body
     status, body = c.exec_code("print(open('/proc/self/uid_map').read().split()[1])")
     assert status == 200 and body["status"] == "ok", body
-    outside_uid = int(body["stdout"])
-    assert CONTAINER_UID_BASE <= outside_uid < CONTAINER_UID_BASE + 60000, outside_uid
+    outside_uid = int(body["stdout"])  # as the container sees it
+    base = UID_BASE_IN_USERNS if userns else UID_BASE_HOST_UIDS
+    assert base <= outside_uid < base + 60000, outside_uid
+
+    # What the container's root is on the host. In the user namespace: an unprivileged uid,
+    # so /proc/sys (writable inside because of unmask=/proc/*) refuses it host-wide settings
+    # such as kernel.core_pattern. Without one it is the host's root, and nothing but the
+    # jail stands between a daemon compromise and the host (SECURITY.md says so). Only
+    # access(2) is asked; nothing is written.
+    uid_map = podman("exec", c.name, "cat", "/proc/self/uid_map").stdout.split()
+    writable = podman("exec", c.name, "sh", "-c", "test -w /proc/sys/kernel/core_pattern", check=False)
+    if userns:
+        assert uid_map == ["0", str(USERNS_HOST_UID), str(USERNS_SIZE)], uid_map
+        assert writable.returncode != 0, "host-wide sysctls writable from the container"
+    else:
+        assert uid_map == ["0", "0", "4294967295"], uid_map
+        assert writable.returncode == 0
 
     # The entrypoint's umask no longer leaks into the daemon: the font cache it built at start
     # and the state directories are reachable by the jails' uids.
@@ -366,7 +399,7 @@ class ComposeStack:
                               timeout=timeout, env=self.env, cwd=COMPOSE_EXAMPLE.parent)
 
     def up(self) -> None:
-        make_cgroup_parent(self.cgroup)
+        make_cgroup_parent(self.cgroup, USERNS_HOST_UID)
         proc = self.run("up", "--detach")
         assert proc.returncode == 0, f"podman-compose up failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
 
@@ -422,6 +455,8 @@ def test_compose_example_serves_librechat_client_over_the_compose_network(
         info = json.loads(podman("inspect", "--type", "container", daemon).stdout)[0]
         assert info["HostConfig"]["Privileged"] is False
         assert sorted(info["EffectiveCaps"]) == MINIMAL_CAPS
+        uid_map = podman("exec", daemon, "cat", "/proc/self/uid_map").stdout.split()
+        assert uid_map == ["0", str(USERNS_HOST_UID), str(USERNS_SIZE)], uid_map
         wait_healthy_from(client, daemon)
 
         run = driver_in(client)
