@@ -1,10 +1,10 @@
 # sandboxd as a container beside a LibreChat compose stack (docker-compose.example.yml).
 #
 # Build: scripts/container/build.sh (podman; makes the base image locally, caches the result),
-# or `docker build -t sandboxd .` where the base image can be pulled.
-# Run: it does not need --privileged, but it needs more than a default container: four
-# capabilities, an unmasked /proc and a writable cgroup subtree of its own. SECURITY.md,
-# "Container deployment", lists the exact set and why each item is there.
+# or `docker build -t localhost/sandboxd:latest .` where the base image can be pulled.
+# Run: it does not need --privileged, but it needs more than a default container: five
+# capabilities, an unmasked /proc and a writable cgroup group of its own, best in a user
+# namespace. SECURITY.md, "Container deployment", lists the exact set and why each item is there.
 FROM debian:12-slim
 
 # Only what the image installs: scripts/container/build.sh hashes exactly these inputs to

@@ -123,10 +123,9 @@ else
 fi
 podman tag "$tag" "$IMAGE:latest"
 
-# Images of earlier inputs go (an image still used by a container stays; podman says which).
+# Images of earlier inputs go, with their build layers (an image still used by a container
+# stays; podman says which).
 while read -r ref; do
   [ "$ref" = "$tag" ] || [ "$ref" = "$IMAGE:latest" ] || podman rmi "$ref" >/dev/null || true
 done < <(podman images --filter "label=$LABEL_INPUTS" --format '{{.Repository}}:{{.Tag}}')
-# Their build layers go with them: untagged leftovers of this image's builds only.
-podman image prune --force --filter "label=$LABEL_INPUTS" >/dev/null 2>&1 || true
 echo "$tag"

@@ -166,13 +166,15 @@ class SandboxdContainer:
         self.cgroup = name
         self.url = ""
 
-    def start(self, image: str, without: str | None = None, userns: bool = True) -> None:
+    def start(self, image: str, without: str | None = None, userns: bool = True,
+              extra: tuple[str, ...] = ()) -> None:
         make_cgroup_parent(self.cgroup, USERNS_HOST_UID if userns else 0)
         args = ["run", "--detach", "--name", self.name, "--label", f"org.sandboxd.test={RUN_TAG}",
                 "--cap-drop", "ALL", "--cgroup-parent", f"/{self.cgroup}",
                 "--publish", "127.0.0.1::8000", "--env", f"SANDBOXD_API_KEY={API_KEY}"]
         if userns:
             args += user_namespace()
+        args += extra
         for item, item_args in privileges(self.cgroup).items():
             if item != without:
                 args += item_args
@@ -229,10 +231,10 @@ class SandboxdContainer:
 def start_container(image: str) -> Iterator[Callable[..., SandboxdContainer]]:
     made: list[SandboxdContainer] = []
 
-    def start(without: str | None = None, userns: bool = True) -> SandboxdContainer:
+    def start(without: str | None = None, userns: bool = True, extra: tuple[str, ...] = ()) -> SandboxdContainer:
         c = SandboxdContainer(f"{RUN_TAG}-{len(made)}")
         made.append(c)  # before it exists: a failed start is cleaned up too
-        c.start(image, without, userns)
+        c.start(image, without, userns, extra)
         return c
 
     yield start
@@ -313,6 +315,30 @@ def test_minimal_privileges_serve(start_container: Callable[..., SandboxdContain
     environ = podman("exec", c.name, "cat", f"/proc/{pid[0]}/environ").stdout.split("\0")
     assert any(v.startswith("PATH=") for v in environ), environ
     assert not [v for v in environ if "SANDBOXD_API_KEY" in v or API_KEY in v], environ
+
+
+def test_mounted_config_is_used_as_is(start_container: Callable[..., SandboxdContainer], tmp_path: Path) -> None:
+    """An operator's own /etc/sandboxd/sandboxd.toml wins: its key file and uid range are
+    used, and SANDBOXD_API_KEY (set as well) is ignored, not merged in."""
+    operator_key = f"operator-key-{os.getpid()}"
+    keys = tmp_path / "api-keys"
+    keys.write_text(operator_key + "\n")
+    # Root-only, where root is the container's: the host uid its root maps to.
+    os.chown(keys, USERNS_HOST_UID, USERNS_HOST_UID)
+    keys.chmod(0o600)
+    config = tmp_path / "sandboxd.toml"
+    config.write_text('host = "0.0.0.0"\nuid_base = 120000\nuid_count = 1000\n'
+                      '[auth]\nmode = "api_key"\napi_keys_file = "/etc/sandboxd/api-keys"\n')
+    config.chmod(0o644)
+    c = start_container(extra=("--volume", f"{config}:/etc/sandboxd/sandboxd.toml:ro",
+                               "--volume", f"{keys}:/etc/sandboxd/api-keys:ro"))
+    c.wait_ready()
+    assert "SANDBOXD_API_KEY is ignored" in c.logs()
+    status, body = c.exec_code("print(1)")  # the environment's key
+    assert status == 401, body
+    status, body = c.exec_code("print(open('/proc/self/uid_map').read().split()[1])", api_key=operator_key)
+    assert status == 200 and body["status"] == "ok", body
+    assert 120000 <= int(body["stdout"]) < 121000, body
 
 
 # What the daemon's last words name when one item of the set is missing (measured here).
