@@ -247,6 +247,18 @@ def start_container(image: str) -> Iterator[Callable[..., SandboxdContainer]]:
 
 # --- tests ------------------------------------------------------------------------------------
 
+def test_build_hash_covers_everything_the_dockerfile_copies() -> None:
+    """A COPY source the hash does not cover would leave a stale image in the cache."""
+    sources = [src.rstrip("/") for line in (REPO / "Dockerfile").read_text().splitlines()
+               if line.startswith("COPY ") for src in line.split()[1:-1]]
+    assert sources, "no COPY lines found"
+    build = BUILD_SCRIPT.read_text()
+    hashed_list = build.split("inputs=(", 1)[1].split(")", 1)[0].split()
+    hashed_trees = build.split("find ", 1)[1].split(" -type", 1)[0].split()
+    for src in sources:
+        assert src in hashed_list or src in hashed_trees, f"{src} is copied but not hashed"
+
+
 def test_image_is_cached_by_its_inputs(image: str) -> None:
     """A second build with unchanged inputs reuses the image (same ID) and says so."""
     before = podman("image", "inspect", "--format", "{{.Id}}", image).stdout.strip()
