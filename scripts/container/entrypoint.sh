@@ -21,14 +21,15 @@ OPERATOR_CONFIG=/etc/sandboxd/sandboxd.toml
 GENERATED_DIR=/run/sandboxd-entrypoint
 # Outside uids of this container's jails (60000 of them from the base).
 # - In a user namespace (podman --uidmap, docker's userns-remap) they are the container's own
-#   uids, which the engine maps to host uids: 100000 up, inside a map of at least 0-159999.
+#   uids, which the engine maps to host uids: 1000-60999, inside the usual map of 0-65535 and
+#   below nobody (65534); the image has no other users there.
 # - Without one they are host uids: the host install uses 300000-359999, and useradd hands out
 #   subordinate-id blocks from 100000 up, so a container takes a range far above both. Give
 #   every further container on one host its own base.
 if [ "$(awk 'NR == 1 { print $1, $2, $3 }' /proc/self/uid_map)" = "0 0 4294967295" ]; then
   UID_BASE=${SANDBOXD_UID_BASE:-1000000000}
 else
-  UID_BASE=${SANDBOXD_UID_BASE:-100000}
+  UID_BASE=${SANDBOXD_UID_BASE:-1000}
 fi
 
 if [ -f "$OPERATOR_CONFIG" ]; then

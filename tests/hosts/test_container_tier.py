@@ -45,12 +45,12 @@ V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct")
 RUN_TAG = f"sandboxd-ctest-{os.getpid()}"
 API_KEY = f"container-tier-key-{os.getpid()}"
 # The recommended user namespace (as in docker-compose.example.yml): the container's uids
-# 0-199999 are host uids 2000000000 up, so its root is no uid the host trusts.
+# 0-65535 are host uids 2000000000 up, so its root is no uid the host trusts.
 USERNS_HOST_UID = 2_000_000_000
-USERNS_SIZE = 200_000
+USERNS_SIZE = 65_536
 # The entrypoint's uid range for jails: container uids in a user namespace, else host uids
 # (apart from a host install's 300000 and from useradd's subordinate-id blocks).
-UID_BASE_IN_USERNS = 100_000
+UID_BASE_IN_USERNS = 1_000
 UID_BASE_HOST_UIDS = 1_000_000_000
 MINIMAL_CAPS = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_SETGID", "CAP_SETUID", "CAP_SYS_ADMIN"]
 # Start-up includes the font cache build and the canaries in real jails; generous for a
@@ -341,7 +341,7 @@ def test_mounted_config_is_used_as_is(start_container: Callable[..., SandboxdCon
     os.chown(keys, USERNS_HOST_UID, USERNS_HOST_UID)
     keys.chmod(0o600)
     config = tmp_path / "sandboxd.toml"
-    config.write_text('host = "0.0.0.0"\nuid_base = 120000\nuid_count = 1000\n'
+    config.write_text('host = "0.0.0.0"\nuid_base = 20000\nuid_count = 1000\n'
                       '[auth]\nmode = "api_key"\napi_keys_file = "/etc/sandboxd/api-keys"\n')
     config.chmod(0o644)
     c = start_container(extra=("--volume", f"{config}:/etc/sandboxd/sandboxd.toml:ro",
@@ -352,7 +352,7 @@ def test_mounted_config_is_used_as_is(start_container: Callable[..., SandboxdCon
     assert status == 401, body
     status, body = c.exec_code("print(open('/proc/self/uid_map').read().split()[1])", api_key=operator_key)
     assert status == 200 and body["status"] == "ok", body
-    assert 120000 <= int(body["stdout"]) < 121000, body
+    assert 20000 <= int(body["stdout"]) < 21000, body
 
 
 # What the daemon's last words name when one item of the set is missing (measured here).
