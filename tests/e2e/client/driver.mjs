@@ -6,8 +6,9 @@
 //
 //   LIBRECHAT_CODE_BASEURL=http://127.0.0.1:PORT node driver.mjs <scenario>
 //
-// Only loopback base URLs are accepted: the package's built-in default points at a hosted service
-// and this script must never send traffic anywhere but this machine.
+// Only loopback base URLs are accepted (plus the one host E2E_ALLOWED_HOST names: the daemon's
+// container on a compose network the container tier made): the package's built-in default points
+// at a hosted service and this script must never send traffic anywhere else.
 
 import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
