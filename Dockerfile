@@ -1,28 +1,33 @@
-# Optional container image for running sandboxd beside a LibreChat compose stack.
+# sandboxd as a container beside a LibreChat compose stack (docker-compose.example.yml).
 #
-# nsjail needs what a container normally lacks: mounting (tmpfs per session, the jail's own
-# mounts), creating user/pid/net namespaces, and a writable cgroup subtree. Run it with:
-#   docker run --privileged --cgroupns=private -p 127.0.0.1:8000:8000 \
-#     -e SANDBOXD_API_KEY=<key> sandboxd
-# A host install (scripts/install.sh, systemd) is the tested and recommended deployment; this
-# image is not exercised by the test suite.
+# Build: scripts/container/build.sh (podman; makes the base image locally, caches the result),
+# or `docker build -t localhost/sandboxd:latest .` where the base image can be pulled.
+# Run: it does not need --privileged, but it needs more than a default container: five
+# capabilities, an unmasked /proc and a writable cgroup group of its own, best in a user
+# namespace. SECURITY.md, "Container deployment", lists the exact set and why each item is there.
 FROM debian:12-slim
 
-COPY . /src
-RUN /src/scripts/setup-host.sh --no-warm-cache \
- && rm -rf /var/lib/apt/lists/*
+# Only what the image installs: scripts/container/build.sh hashes exactly these inputs to
+# decide whether the cached image is still current.
+COPY pyproject.toml README.md /src/
+COPY sandboxd/ /src/sandboxd/
+COPY jail-configs/ /src/jail-configs/
+COPY scripts/setup-host.sh /src/scripts/setup-host.sh
 
-# Off loopback the daemon refuses to run without authentication: the entrypoint writes the key
-# from SANDBOXD_API_KEY into a config file, builds the font cache, then serves.
-RUN printf '%s\n' '#!/bin/sh' 'set -eu' \
-    ': "${SANDBOXD_API_KEY:?set SANDBOXD_API_KEY}"' \
-    'mkdir -p /etc/sandboxd' \
-    'umask 077; printf "%s\n" "$SANDBOXD_API_KEY" > /etc/sandboxd/api-keys' \
-    'printf "host = \"0.0.0.0\"\n[auth]\nmode = \"api_key\"\napi_keys_file = \"/etc/sandboxd/api-keys\"\n" > /etc/sandboxd/sandboxd.toml' \
-    '/opt/sandboxd/venv/bin/sandboxd warm-cache' \
-    'exec /opt/sandboxd/venv/bin/sandboxd serve' > /usr/local/bin/sandboxd-entrypoint \
- && chmod 0755 /usr/local/bin/sandboxd-entrypoint
+# The host install, unchanged (apt packages, daemon venv, jail venv, toolchains). On a host
+# whose outbound TLS is intercepted, build.sh mounts that host's CA bundle read-only at
+# /run/build-ca/ca.crt for this step only: pip and npm trust it here, and nothing of it stays
+# in the image. The font cache needs a jail, so the entrypoint builds it at start.
+RUN set -eu; \
+    if [ -s /run/build-ca/ca.crt ]; then \
+      export PIP_CERT=/run/build-ca/ca.crt NODE_EXTRA_CA_CERTS=/run/build-ca/ca.crt; \
+    fi; \
+    /src/scripts/setup-host.sh --no-warm-cache; \
+    rm -rf /src /var/lib/apt/lists/* /root/.cache /root/.npm
+
+COPY scripts/container/entrypoint.sh /usr/local/bin/sandboxd-entrypoint
 
 EXPOSE 8000
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["/usr/local/bin/sandboxd-entrypoint"]
+# tini as PID 1: forwards SIGTERM to the daemon and reaps any process orphaned to it.
+ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/sandboxd-entrypoint"]

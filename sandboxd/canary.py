@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import msgspec
 
-from .errors import ConfigError, JailFailure
+from .errors import ConfigError, JailFailure, SandboxdError
 from .languages import BIN_DIR, RECIPES, SOURCE_DIR
 from .policy import DEVICE_SOURCES, FORBIDDEN_SOURCES, NAMESPACES, SESSION_MOUNT, settings_sources
 from .runner import RunLimits, RunResult
@@ -245,9 +245,23 @@ async def run_canaries(store: SessionStore, log: Callable[[Check], object] | Non
     # Paths that exist on every host and must not in any jail (/proc, /dev and /tmp do, as the
     # jail's own), plus the daemon's own.
     absent = tuple(p for p in FORBIDDEN_SOURCES + forbidden if p not in ("/proc", "/tmp"))
-    s = store.create_session(CANARY_OWNER)
+    try:
+        s = store.create_session(CANARY_OWNER)
+    except OSError as exc:
+        # The tmpfs belongs to the session's uid (mode 0700): root reaches it only with
+        # CAP_DAC_OVERRIDE, which a container may have dropped.
+        return _report([*checks, Check("session storage", False, f"cannot create a session directory: {exc}")],
+                       log)
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
+        # Uploads and a turn's input files are written the way this writes: a directory and a
+        # file created by root, then handed to the session's uid (root needs CAP_CHOWN).
+        try:
+            fd, _ = store.open_upload(s, "canary/owned-by-session.txt")
+            os.close(fd)
+            owned = Check("session files owned by the session uid", True)
+        except (SandboxdError, OSError) as exc:
+            owned = Check("session files owned by the session uid", False, str(exc))
         listener.bind(("127.0.0.1", 0))
         listener.listen(8)
         port = listener.getsockname()[1]
@@ -281,12 +295,20 @@ async def run_canaries(store: SessionStore, log: Callable[[Check], object] | Non
             results = await asyncio.gather(*(shell(p) for p in names))
             host = (before, _read("/proc/self/mountinfo"))
             return {
-                name: [Check(f"{name} profile: jail runs code", False, f"nsjail could not start it: {result}")]
+                name: [Check(f"{name} profile: jail runs code", False, f"nsjail could not start it: {result.reason or result.message}")]
                 if isinstance(result, JailFailure)
                 else _judge_profile(name, result, s.uid, FORBIDDEN_SOURCES + forbidden, host)
                 for name, result in zip(names, results)
             }
 
+        # The python probe first: when no jail can launch at all, that is the one thing to say.
+        try:
+            probe = await jail(_PROBE, [str(port)], base.memory_max_bytes, base.pids_max)
+        except JailFailure as exc:
+            # nsjail could not build the jail (a uid map, a mount, a namespace): its reason
+            # names the missing layer.
+            return _report([*checks, owned, Check("jail launches", False, exc.reason or exc.message)], log)
+        checks += [owned, *_judge_probe(probe, s.uid)]
         judged = await probe_all(profiles)
         # A host mount that was dropped and recreated at the same place while a probe ran can
         # hand its (reused) device number to one of nsjail's fresh mounts and look like a leak;
@@ -296,7 +318,6 @@ async def run_canaries(store: SessionStore, log: Callable[[Check], object] | Non
             judged.update(await probe_all(again))
         for profile in profiles:
             checks += judged[profile]
-        checks += _judge_probe(await jail(_PROBE, [str(port)], base.memory_max_bytes, base.pids_max), s.uid)
         forks = await jail(_FORKS, [], base.memory_max_bytes, 16)
         checks.append(Check("pids limit enforced", forks.status == "pids_limit" and forks.stdout.strip().isdigit()
                             and int(forks.stdout) < 16, f"status {forks.status}, forks {forks.stdout.strip()}"))
@@ -307,6 +328,10 @@ async def run_canaries(store: SessionStore, log: Callable[[Check], object] | Non
         listener.close()
         async with s.lock:
             store.drop_session(s)
+    return _report(checks, log)
+
+
+def _report(checks: list[Check], log: Callable[[Check], object] | None) -> list[Check]:
     if log is not None:
         for c in checks:
             log(c)

@@ -222,7 +222,11 @@ class CgroupV1:
         for ctrl, parent in self.parents.items():
             if not os.path.isdir(os.path.dirname(parent)):
                 raise ConfigError(f"cgroup v1 controller {ctrl} is not mounted at {os.path.dirname(parent)}")
-            os.makedirs(parent, mode=0o755, exist_ok=True)
+            try:
+                os.makedirs(parent, mode=0o755, exist_ok=True)
+            except OSError as exc:
+                # A container's cgroups are read-only unless a group is bound writable.
+                raise ConfigError(f"cgroup v1 controller {ctrl}: cannot create {parent}: {exc.strerror}") from exc
         if os.path.exists(os.path.join(self.parents["memory"], "memory.use_hierarchy")):
             try:
                 _write(os.path.join(self.parents["memory"], "memory.use_hierarchy"), "1")
@@ -233,6 +237,8 @@ class CgroupV1:
     def _remove_stale(self) -> None:
         """Groups left by a crashed earlier instance: kill what they hold, remove them."""
         for parent in self.parents.values():
+            if not os.path.isdir(parent):
+                continue  # setup never got this far
             for entry in sorted(os.listdir(parent)):
                 child = os.path.join(parent, entry)
                 if entry.startswith("run-") and os.path.isdir(child):

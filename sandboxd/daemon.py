@@ -54,10 +54,14 @@ class Daemon:
             self.store = SessionStore(settings, self.runner, self.cache)
             self.store.clean_stale()
         except BaseException:
+            # Undo what was set up, without hiding the error that stopped the start (the same
+            # missing privilege usually makes the undo fail too).
             if hasattr(self, "runner"):
-                self.runner.close()
+                with contextlib.suppress(OSError):
+                    self.runner.close()
             if hasattr(self, "cgroups"):
-                self.cgroups.teardown()
+                with contextlib.suppress(OSError):
+                    self.cgroups.teardown()
             os.close(self._lock_fd)
             raise
 

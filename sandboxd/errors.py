@@ -79,6 +79,12 @@ class JailFailure(SandboxdError):
     status = 500
     code = "jail_failure"
 
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        # nsjail's own error lines, for the log and the start-up checks only: they name host
+        # paths, so they never reach a client.
+        self.reason = reason
+
 
 class ConfigError(SandboxdError):
     """Invalid settings or policy; raised at startup, never while serving."""

@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import logging
 import os
+import re
 import shutil
 import signal
 import time
@@ -25,13 +26,15 @@ from .cgroups import CgroupLimits, CgroupManager, CgroupStats, RunCgroup
 from .errors import JailFailure, Unavailable
 from .policy import JailRun, Policy
 
-__all__ = ["RunLimits", "RunResult", "Runner", "classify"]
+__all__ = ["RunLimits", "RunResult", "Runner", "classify", "launch_reason"]
 
 log = logging.getLogger(__name__)
 LOG_KEEP_BYTES = 64 * 1024
 DRAIN_AFTER_EXIT_S = 2.0
 SUPERVISOR_EXIT_S = 2.0
 SRC_TMPFS_BYTES = 64 * 1024 * 1024  # sources in flight (code_max_bytes each, one per run slot)  # how long nsjail gets to exit once its jail is killed
+# "[E][2026-01-01T00:00:00+0000][14] func():12 text": level W, E or F; the pid part is optional.
+_NSJAIL_PROBLEM = re.compile(r"^\[[WEF]\]\[[^\]]*\](?:\[\d+\])? (.*)$")
 _LAUNCH_FAILURE_MARKERS = ("Couldn't launch the child process", "Launching child process failed")
 
 
@@ -90,6 +93,17 @@ def classify(
     if exit_code == 0:
         return "ok", None, None
     return "error", None, sig_name
+
+
+def launch_reason(log_text: str, max_chars: int = 1500) -> str:
+    """nsjail's warning, error and fatal lines without their timestamps: what it could not do
+    (write a uid map, mount /proc, ...), which names the missing layer."""
+    lines = []
+    for line in log_text.splitlines():
+        match = _NSJAIL_PROBLEM.match(line)
+        if match:
+            lines.append(match.group(1).strip())
+    return "; ".join(lines)[-max_chars:]
 
 
 def _with_note(stderr: str, exit_code: int, sig_name: str | None, message: str | None) -> str:
@@ -327,7 +341,7 @@ class Runner:
         log_text = nsjail_log.text()
         if exit_code == 255 and any(m in log_text for m in _LAUNCH_FAILURE_MARKERS):
             log.error("nsjail failed to launch: %s", log_text[-2000:])
-            raise JailFailure("The sandbox could not start the program")
+            raise JailFailure("The sandbox could not start the program", reason=launch_reason(log_text))
         if exit_code == 137 and "time limit" in log_text.lower():
             timed_out = True
         stats = cg.stats()

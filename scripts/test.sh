@@ -20,6 +20,21 @@ if ! command -v systemd-analyze >/dev/null; then
   apt-get install -y -q --no-install-recommends systemd
 fi
 
+# --- container tier (tests/hosts/test_container_tier.py) ---------------------------------------
+# Rootful podman with runc, the CNI plugins (with dnsname: compose services find each other by
+# name), and debootstrap for the locally made base image; podman-compose comes with the test
+# extra. The tier's first run builds the image (about 4 min on 2 cores, scripts/container/build.sh)
+# and keeps it in podman's image store; later runs reuse it while its inputs are unchanged.
+container_pkgs=(podman runc debootstrap containernetworking-plugins
+                golang-github-containernetworking-plugin-dnsname)
+missing=()
+for p in "${container_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+# --- end of the container tier's block ----------------------------------------------------------
+
 # A test environment from Debian's python3 with this checkout installed editable.
 if [ ! -x .venv/bin/python ]; then /usr/bin/python3 -m venv .venv; fi
 .venv/bin/pip install -q --upgrade pip

@@ -22,9 +22,10 @@ CLIENT_DIR = Path(__file__).resolve().parent / "client"
 AGENTS_VERSION = "3.9.2"
 RESULT_MARKER = "E2E-RESULT "
 
-# Environment a driver run must not inherit: proxies (the agents package honours $PROXY) and a
-# base URL from the caller's shell.
-_DROP_ENV = ("PROXY", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy")
+# Environment a driver run must not inherit: proxies (the agents package honours $PROXY), and
+# a non-loopback host or an API key from the caller's shell.
+_DROP_ENV = ("PROXY", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy",
+             "E2E_ALLOWED_HOST", "LIBRECHAT_CODE_API_KEY")
 
 
 def _installed_agents_version() -> str | None:

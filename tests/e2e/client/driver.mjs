@@ -6,8 +6,9 @@
 //
 //   LIBRECHAT_CODE_BASEURL=http://127.0.0.1:PORT node driver.mjs <scenario>
 //
-// Only loopback base URLs are accepted: the package's built-in default points at a hosted service
-// and this script must never send traffic anywhere but this machine.
+// Only loopback base URLs are accepted (plus the one host E2E_ALLOWED_HOST names: the daemon's
+// container on a compose network the container tier made): the package's built-in default points
+// at a hosted service and this script must never send traffic anywhere else.
 
 import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
@@ -32,7 +33,9 @@ const BASE = process.env.LIBRECHAT_CODE_BASEURL ?? '';
     host = '';
   }
   const loopback = host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host);
-  if (!loopback) {
+  // One more host, named exactly: a daemon container on a compose network the test created.
+  const allowed = process.env.E2E_ALLOWED_HOST ?? '';
+  if (!loopback && !(allowed !== '' && host === allowed)) {
     emit({ fatal: `LIBRECHAT_CODE_BASEURL must be a loopback http URL, got ${JSON.stringify(BASE)}` });
     process.exit(2);
   }
@@ -50,7 +53,12 @@ const {
 // (sandboxd's default on loopback), a user id header, and the kind/id identity.
 const USER_ID = 'e2e-user-0001';
 const IDENTITY_QUERY = `?kind=user&id=${encodeURIComponent(USER_ID)}`;
-const http = axios.create({ validateStatus: () => true, timeout: 60000, proxy: false });
+// A daemon with auth.mode = "api_key" (a container off loopback): the key as LibreChat up to
+// 0.8.5 sends it, from the variable it reads, on the tools' calls and the backend-style ones.
+const API_KEY = process.env.LIBRECHAT_CODE_API_KEY ?? '';
+const AUTH_HEADERS = API_KEY !== '' ? { 'X-API-Key': API_KEY } : undefined;
+const TOOL_PARAMS = AUTH_HEADERS ? { authHeaders: AUTH_HEADERS } : {};
+const http = axios.create({ validateStatus: () => true, timeout: 60000, proxy: false, headers: AUTH_HEADERS });
 const baseNoSlash = BASE.replace(/\/+$/, '');
 
 let callCounter = 0;
@@ -172,7 +180,7 @@ const scenarios = {};
 
 /** execute_code, lang py, a print: the content string and the artifact. */
 scenarios.py_hello = async () => {
-  const tool = createCodeExecutionTool();
+  const tool = createCodeExecutionTool(TOOL_PARAMS);
   const result = await invokeTool(tool, {
     lang: 'py',
     code: "import sys\nprint('hello from sandboxd')\nprint('major', sys.version_info[0])",
@@ -182,7 +190,7 @@ scenarios.py_hello = async () => {
 
 /** execute_code whose user code fails: still a normal tool result (HTTP 200), stderr shown. */
 scenarios.py_error = async () => {
-  const tool = createCodeExecutionTool();
+  const tool = createCodeExecutionTool(TOOL_PARAMS);
   const result = await invokeTool(tool, {
     lang: 'py',
     code: "print('before the error')\nraise ValueError('boom-e2e')",
@@ -195,7 +203,7 @@ scenarios.py_error = async () => {
  * the artifact, and the bytes of every generated file as LibreChat's backend downloads them.
  */
 scenarios.lang = async () => {
-  const tool = createCodeExecutionTool();
+  const tool = createCodeExecutionTool(TOOL_PARAMS);
   const result = await invokeTool(tool, { lang: process.env.E2E_LANG, code: process.env.E2E_CODE });
   const downloads = {};
   for (const f of result.artifact?.files ?? []) {
@@ -221,8 +229,8 @@ scenarios.bad_lang = async () => {
  * ToolNode carries session_id and _injected_files between turns as LibreChat's does.
  */
 scenarios.py_files = async () => {
-  const codeTool = createCodeExecutionTool();
-  const bashTool = createBashExecutionTool();
+  const codeTool = createCodeExecutionTool(TOOL_PARAMS);
+  const bashTool = createBashExecutionTool(TOOL_PARAMS);
   const sessions = new Map();
   const node = new ToolNode({ tools: [codeTool, bashTool], sessions });
   const key = node.codeSessionKey ?? 'execute_code';
@@ -295,7 +303,7 @@ scenarios.py_files = async () => {
 
 /** bash_tool, including `python3 - <<'PY'` as LibreChat's write helper runs it, and args. */
 scenarios.bash = async () => {
-  const tool = createBashExecutionTool();
+  const tool = createBashExecutionTool(TOOL_PARAMS);
   const heredoc = await invokeTool(tool, {
     command: [
       'echo "shell:$0 cwd:$(pwd)"',
@@ -316,7 +324,7 @@ scenarios.bash = async () => {
 
 /** fetchSessionFiles (detail=full) against a session that holds files. */
 scenarios.session_files = async () => {
-  const tool = createCodeExecutionTool();
+  const tool = createCodeExecutionTool(TOOL_PARAMS);
   const made = await invokeTool(tool, {
     lang: 'py',
     code: [
@@ -328,11 +336,11 @@ scenarios.session_files = async () => {
     ].join('\n'),
   });
   const sid = made.artifact?.session_id;
-  const listed = sid ? await fetchSessionFiles(baseNoSlash, sid) : null;
+  const listed = sid ? await fetchSessionFiles(baseNoSlash, sid, undefined, AUTH_HEADERS) : null;
   const raw_full = sid ? await getJson(`/files/${sid}?detail=full`) : null;
   const raw_normalized = sid ? await getJson(`/files/${sid}?detail=normalized`) : null;
   const raw_simple = sid ? await getJson(`/files/${sid}?detail=simple`) : null;
-  const unknown = await fetchSessionFiles(baseNoSlash, 'AAAAAAAAAAAAAAAAAAAAA');
+  const unknown = await fetchSessionFiles(baseNoSlash, 'AAAAAAAAAAAAAAAAAAAAA', undefined, AUTH_HEADERS);
   const unknown_raw = await getJson('/files/AAAAAAAAAAAAAAAAAAAAA?detail=full');
   return { made, listed, raw_full, raw_normalized, raw_simple, unknown, unknown_raw };
 };
@@ -362,7 +370,7 @@ scenarios.backend = async () => {
   const dl2 = await download(sid2, fid2);
 
   // Prime the uploaded file into an execute_code call as LibreChat does.
-  const tool = createCodeExecutionTool();
+  const tool = createCodeExecutionTool(TOOL_PARAMS);
   const injected = [{ id: fid, resource_id: fid, name: 'input/scores.csv', storage_session_id: sid, kind: 'user' }];
   const exec = await invokeTool(
     tool,
