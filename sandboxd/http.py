@@ -4,6 +4,7 @@ decoding, and the one place where domain errors become status codes."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import re
@@ -43,32 +44,69 @@ def _error(status: int, error: str, message: str, **extra: object) -> web.Respon
     return _json({"error": error, "message": message, **extra}, status=status)
 
 
+# The response a handler has already started (headers queued or sent), per request task: once
+# it exists, an error can no longer be answered with a response of its own (see below).
+_STARTED: contextvars.ContextVar[list[web.StreamResponse] | None] = contextvars.ContextVar(
+    "sandboxd_started_response", default=None)
+
+
+async def _note_started(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: runs in the handler's task, so it sees the middleware's slot."""
+    started = _STARTED.get()
+    if started is not None:
+        started.append(response)
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The only translation of errors to HTTP. Unknown failures get a fixed body, no traceback."""
+    """The only translation of errors to HTTP. Unknown failures get a fixed body, no traceback.
+
+    Once a handler has prepared its response (a download streaming), an error is never answered
+    with a second response: on a keep-alive connection those bytes would be read as the end of
+    the body or as the answer to the client's next request. The connection is dropped instead,
+    so the client sees a short body and EOF."""
+    started: list[web.StreamResponse] = []
+    token = _STARTED.set(started)
     try:
         return await handler(request)
-    except RateLimited as exc:
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        if started:
+            log.warning("%s %s: failed after the response started (%s); connection dropped",
+                        request.method, route_of(request), type(exc).__name__)
+            drop_connection(request)
+            return started[0]
+        return _translate(request, exc)
+    finally:
+        _STARTED.reset(token)
+
+
+def drop_connection(request: web.Request) -> None:
+    """End the connection without completing the response in flight."""
+    if request.transport is not None:
+        request.transport.close()
+
+
+def _translate(request: web.Request, exc: Exception) -> web.StreamResponse:
+    if isinstance(exc, RateLimited):
         return _error(429, "rate_limited", exc.message, retry_after_seconds=exc.retry_after_s)
-    except SandboxdError as exc:
+    if isinstance(exc, SandboxdError):
         if exc.status >= 500:
             log.warning("%s %s: %s", request.method, route_of(request), exc.message)
         error = exc.message if exc.status == 422 else exc.code
         return _error(exc.status, error, exc.message)
-    except web.HTTPRequestEntityTooLarge:
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
         return _error(413, "payload_too_large", "Request body is too large")
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         if exc.status == 404:  # an unknown route looks like an unknown ID: nothing to probe
             nf = NotFound()
             return _error(404, nf.code, nf.message)
         return _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, route_of(request))
-        return _error(500, "internal_error", "Internal error")
+    log.exception("unhandled error on %s %s", request.method, route_of(request), exc_info=exc)
+    return _error(500, "internal_error", "Internal error")
 
 
 def _owner(request: web.Request) -> str:
@@ -228,9 +266,12 @@ async def download(request: web.Request) -> web.StreamResponse:
         for chunk in workspace.iter_chunks(fd, f.size):
             await resp.write(chunk)
         # The jail may not rewrite a served version; if it did mid-stream, the body is
-        # incomplete and the connection is dropped rather than ending it as a valid reply.
+        # short or wrong, and the connection is dropped rather than ending it as a valid reply.
         if workspace.Sig.of(os.fstat(fd)) != f.sig:
-            raise ConnectionResetError("file changed while being served")
+            log.warning("%s %s: file changed while being served; connection dropped",
+                        request.method, route_of(request))
+            drop_connection(request)
+            return resp
         await resp.write_eof()
         return resp
     finally:
@@ -294,5 +335,6 @@ def create_app(store: SessionStore, auth: Authenticator, ready: dict[str, object
     app[READY] = ready
     store.metrics.ready.set_function(lambda: 1 if ready.get("ok") and not store.closing else 0)
     app.on_response_prepare.append(echo_request_id)
+    app.on_response_prepare.append(_note_started)
     add_routes(app)
     return app
