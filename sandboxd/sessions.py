@@ -27,6 +27,7 @@ from .admission import Admission
 from .errors import BadRequest, InputsUnavailable, NotFound, PayloadTooLarge, Unavailable
 from .ids import is_valid_id, new_id, redact
 from .compilecache import CompileCache
+from .diff import Diff, Probe, diff
 from .languages import BIN_DIR, Recipe, resolve
 from .metrics import Metrics
 from .runner import Runner, RunLimits, RunResult
@@ -397,10 +398,9 @@ class SessionStore:
                         self.metrics.run_aborted(recipe.lang, exc)
                         raise
                     self.metrics.run_finished(recipe.lang, result.status, result.wall_time_ms / 1000)
-                    found = await _in_thread(
-                        workspace.walk, s.fd, WALK_MAX_ENTRIES, self.settings.limits.file_max_bytes
-                    )
-                    files, deleted = self._diff(s, found)
+                    known = {name: k.sig for name, k in s.known.items()}
+                    found, probed = await _in_thread(self._look, s.fd, known)
+                    files, deleted = self._apply_diff(s, diff(known, found, probed))
                     self._touch(s)
             finally:
                 s.busy -= 1
@@ -521,31 +521,37 @@ class SessionStore:
                 self._retire(s, known.file_id)
             s.known[name] = Known(f.id, f.session.id, dst_sig, is_input=True)
 
-    def _diff(self, s: Session, found: dict[str, Sig]) -> tuple[list[OutFile], list[str]]:
+    def _look(self, root_fd: int, known: dict[str, Sig]) -> tuple[dict[str, Sig], dict[str, Probe]]:
+        """The session after a run: a bounded walk for new files, and each known name the walk
+        did not list looked up on its own (a walk skips hidden names and stops at its budget)."""
+        cap = self.settings.limits.file_max_bytes
+        found = workspace.walk(root_fd, WALK_MAX_ENTRIES, cap)
+        probed: dict[str, Probe] = {
+            name: workspace.probe(root_fd, tuple(name.split("/")), cap) for name in known if name not in found
+        }
+        return found, probed
+
+    def _apply_diff(self, s: Session, d: Diff) -> tuple[list[OutFile], list[str]]:
         cap = self.settings.limits.output_files_max
         new: list[OutFile] = []
         kept: list[OutFile] = []
-        deleted = []
-        for name in sorted(set(s.known) - set(found)):
+        for name in d.deleted + d.lost:
             gone = s.known.pop(name)
             if gone.storage_session_id == s.id:
                 self._retire(s, gone.file_id)
-            deleted.append(name)
-        for name, sig in found.items():
-            known = s.known.get(name)
-            if known is not None and known.sig == sig:
-                kept.append(OutFile(id=known.file_id, name=name, storage_session_id=known.storage_session_id,
-                                    inherited=True))
-            elif len(new) < cap:
+        for name in d.unchanged:
+            known = s.known[name]
+            kept.append(OutFile(id=known.file_id, name=name, storage_session_id=known.storage_session_id,
+                                inherited=True))
+        for name, sig in d.changed.items():
+            if len(new) < cap:
                 f = self._register(s, name, sig)
                 new.append(OutFile(id=f.id, name=name, storage_session_id=s.id,
                                    url=f"/api/files/code/download/{s.id}/{f.id}", type=f.content_type))
-            elif known is not None:
+            elif (old := s.known.pop(name, None)) is not None and old.storage_session_id == s.id:
                 # Changed but over the output cap: the old version is gone, don't serve it.
-                s.known.pop(name)
-                if known.storage_session_id == s.id:
-                    self._retire(s, known.file_id)
-        return (new + kept)[:cap], deleted  # new files first: they are what the client lacks
+                self._retire(s, old.file_id)
+        return (new + kept)[:cap], d.deleted  # new files first: they are what the client lacks
 
     def _reply(self, s: Session, r: RunResult, files: list[OutFile], deleted: list[str]) -> ExecReply:
         return ExecReply(

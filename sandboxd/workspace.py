@@ -15,7 +15,7 @@ import errno
 import os
 import stat
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from .errors import BadRequest, ConfigError, NotFound, PayloadTooLarge
 
@@ -29,6 +29,7 @@ __all__ = [
     "create_file",
     "open_regular",
     "walk",
+    "probe",
     "copy_into",
     "unlink_name",
     "usage_bytes",
@@ -224,6 +225,28 @@ def _walk_into(dir_fd: int, prefix: str, depth: int, found: dict[str, Sig], budg
             except BadRequest:
                 continue
             found[rel] = Sig.of(st)
+
+
+def probe(root_fd: int, parts: tuple[str, ...], max_file_bytes: int) -> Sig | Literal["absent", "unservable"]:
+    """One name looked up on its own (never following a link): its signature if it is a file
+    the daemon would serve, "absent" if lstat finds nothing there, else "unservable"."""
+    try:
+        parent = open_dir(root_fd, parts[:-1])
+    except (FileNotFoundError, NotADirectoryError):
+        return "absent"
+    except OSError:  # ELOOP: a parent became a link; the name does not resolve to a file here
+        return "absent"
+    try:
+        st = os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
+    except (FileNotFoundError, NotADirectoryError):
+        return "absent"
+    except OSError:
+        return "unservable"
+    finally:
+        os.close(parent)
+    if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_size <= max_file_bytes:
+        return Sig.of(st)
+    return "unservable"
 
 
 def copy_into(src_fd: int, dst_fd: int, size: int) -> None:
