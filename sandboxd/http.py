@@ -17,6 +17,7 @@ from aiohttp import BodyPartReader, web
 from . import workspace
 from .access import access_middleware, echo_request_id, route_of
 from .auth import Authenticator
+from .executors import in_file_pool
 from .errors import BadRequest, NotFound, PayloadTooLarge, RateLimited, SandboxdError
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .schemas import BatchFile, BatchReply, ExecRequest, UploadedFile, UploadReply
@@ -29,6 +30,7 @@ STORE = web.AppKey("store", SessionStore)
 AUTH = web.AppKey("auth", Authenticator)
 READY = web.AppKey("ready", dict)
 UPLOAD_CHUNK_BYTES = 256 * 1024
+DOWNLOAD_CHUNK_BYTES = 256 * 1024
 
 _exec_decoder = msgspec.json.Decoder(ExecRequest)
 _encoder = msgspec.json.Encoder()
@@ -205,14 +207,14 @@ async def upload(request: web.Request) -> web.Response:
     limit = store.settings.storage.upload_max_bytes
     if request.content_length is not None and request.content_length > limit + 64 * 1024:
         raise PayloadTooLarge(f"upload exceeds {limit} bytes")
-    session = store.new_upload_session(owner)
+    session = await store.new_upload_session(owner)
     files: list[UploadedFile] = []
     try:
         async for part in _file_parts(request, store):
             f = await _stream_part(store, session, part, limit)
             files.append(UploadedFile(fileId=f.id, filename=f.name))
     finally:
-        store.end_upload(session)
+        await store.end_upload(session)
     return _json(UploadReply(message="success", session_id=session.id, storage_session_id=session.id,
                              files=files))
 
@@ -222,7 +224,7 @@ async def upload_batch(request: web.Request) -> web.Response:
     owner = _owner(request)
     store = request.app[STORE]
     limit = store.settings.storage.upload_max_bytes
-    session = store.new_upload_session(owner)
+    session = await store.new_upload_session(owner)
     results: list[BatchFile] = []
     try:
         async for part in _file_parts(request, store):
@@ -234,7 +236,7 @@ async def upload_batch(request: web.Request) -> web.Response:
                 await part.release()
                 results.append(BatchFile(status="error", filename=name, error=exc.message))
     finally:
-        store.end_upload(session)
+        await store.end_upload(session)
     ok = sum(1 for r in results if r.status == "success")
     message = "success" if ok == len(results) else ("partial_success" if ok else "error")
     return _json(BatchReply(message=message, storage_session_id=session.id, session_id=session.id,
@@ -249,9 +251,8 @@ def _disposition(name: str) -> str:
 
 async def download(request: web.Request) -> web.StreamResponse:
     store = request.app[STORE]
-    f = store.get_file(request.match_info["sid"], request.match_info["fid"], _owner(request))
-    fd = await asyncio.to_thread(store.open_for_download, f)
-    try:
+    owner = _owner(request)
+    async with store.reading(request.match_info["sid"], request.match_info["fid"], owner) as (f, fd):
         resp = web.StreamResponse(
             headers={
                 "Content-Type": f.content_type,
@@ -263,19 +264,22 @@ async def download(request: web.Request) -> web.StreamResponse:
             }
         )
         await resp.prepare(request)
-        for chunk in workspace.iter_chunks(fd, f.size):
+        offset = 0
+        while offset < f.size:
+            chunk = await in_file_pool(os.pread, fd, min(DOWNLOAD_CHUNK_BYTES, f.size - offset), offset)
+            if not chunk:
+                break
+            offset += len(chunk)
             await resp.write(chunk)
         # The jail may not rewrite a served version; if it did mid-stream, the body is
         # short or wrong, and the connection is dropped rather than ending it as a valid reply.
-        if workspace.Sig.of(os.fstat(fd)) != f.sig:
+        if offset != f.size or workspace.Sig.of(os.fstat(fd)) != f.sig:
             log.warning("%s %s: file changed while being served; connection dropped",
                         request.method, route_of(request))
             drop_connection(request)
             return resp
         await resp.write_eof()
         return resp
-    finally:
-        os.close(fd)
 
 
 def _file_entry(f: StoredFile, detail: str) -> object:
