@@ -354,9 +354,9 @@ class SessionStore:
         s.busy += 1
         return s
 
-    async def end_upload(self, s: Session) -> None:
+    async def end_upload(self, s: Session, failed: bool = False) -> None:
         s.busy -= 1
-        if not s.files:
+        if failed or not s.files:
             await self.drop(s)  # nothing stored: don't keep an empty mount
             return
         self._touch(s)
