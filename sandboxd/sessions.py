@@ -563,7 +563,7 @@ class SessionStore:
             if built.exit_code == 0:
                 fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
                 try:
-                    sealed = await in_file_pool(self.cache.insert, entry, fd, self.settings.limits.file_max_bytes)
+                    sealed = await self.cache.insert(entry, fd, self.settings.limits.file_max_bytes)
                 finally:
                     os.close(fd)
                 if not sealed:
