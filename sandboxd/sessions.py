@@ -116,6 +116,11 @@ class Session:
         self.no_readers.set()
 
 
+def _unmount_and_remove(path: str) -> None:
+    workspace.unmount(path)
+    os.rmdir(path)
+
+
 @contextlib.contextmanager
 def _pinned(s: Session) -> Iterator[None]:
     s.busy += 1
@@ -546,10 +551,11 @@ class SessionStore:
         is sealed into the cache by the daemon from that tmpfs."""
         self._build_seq += 1
         out = os.path.join(self.build_root, str(self._build_seq))
-        os.mkdir(out, 0o700)
+        await in_file_pool(os.mkdir, out, 0o700)
         st = self.settings.storage
         try:
-            workspace.mount_tmpfs(out, min(st.session_max_bytes, 512 * 1024 * 1024), 4096, s.uid, s.uid)
+            await in_file_pool(workspace.mount_tmpfs, out, min(st.session_max_bytes, 512 * 1024 * 1024), 4096,
+                               s.uid, s.uid)
             built = await self.runner.run(
                 profile=recipe.profile,
                 program=recipe.compile_argv(limits.memory_max_bytes),
@@ -572,8 +578,7 @@ class SessionStore:
                         stderr=built.stderr + "[sandboxd] the compiler produced no output\n")
             return built
         finally:
-            workspace.unmount(out)
-            os.rmdir(out)
+            await in_file_pool(_unmount_and_remove, out)
 
     def _place_inputs(
         self, root_fd: int, uid: int, known: dict[str, Known],
