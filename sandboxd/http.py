@@ -155,10 +155,13 @@ async def _body_slot(request: web.Request) -> AsyncIterator[None]:
     bodies together cannot run the daemon out of memory before admission even looks at them."""
     store = request.app[STORE]
     sem = request.app[BODIES]
-    try:
-        await asyncio.wait_for(sem.acquire(), timeout=store.settings.queue_wait_s)
-    except TimeoutError:
-        raise RateLimited(store.admission.retry_after_s) from None
+    if not sem.locked():
+        await sem.acquire()  # a free slot: no wait_for (it times out at 0 s)
+    else:
+        try:
+            await asyncio.wait_for(sem.acquire(), timeout=store.settings.queue_wait_s)
+        except TimeoutError:
+            raise RateLimited(store.admission.retry_after_s) from None
     try:
         yield
     finally:

@@ -220,3 +220,10 @@ async def test_upload_session_is_made_on_the_first_file_part_and_a_stall_times_o
         writer.close()
     assert not store.sessions
     await assert_daemon_fine(client)
+
+
+async def test_a_free_body_slot_is_taken_without_waiting_even_with_no_queue_wait(make_client: Any) -> None:
+    """Twin of the bound: with queue_wait_s = 0, a request that finds a free body slot runs."""
+    client = await make_client(queue_wait_s=0)
+    body = await (await run_raw(client, "print('ok')")).json()
+    assert body["stdout"] == "ok\n", body
