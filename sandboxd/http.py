@@ -140,8 +140,9 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def _idle(aw: Awaitable[T], request: web.Request) -> T:
-    """The next bytes of a request body, or 408 when the client stalls: a body that trickles
-    in must not hold a body slot, an upload session or a connection for ever."""
+    """The next bytes of a request body (or a download's client taking the next bytes), or 408
+    when the client stalls: a body that trickles in must not hold a body slot, an upload
+    session or a connection for ever, nor a download its session."""
     try:
         return await asyncio.wait_for(aw, timeout=request.app[STORE].settings.storage.upload_idle_timeout_s)
     except TimeoutError:
@@ -341,7 +342,9 @@ async def download(request: web.Request) -> web.StreamResponse:
             if not chunk:
                 break
             offset += len(chunk)
-            await resp.write(chunk)
+            # A client that stops reading would keep the session pinned and any run in it
+            # waiting: past the idle timeout the connection is dropped.
+            await _idle(resp.write(chunk), request)
         # The jail may not rewrite a served version; if it did mid-stream, the body is
         # short or wrong, and the connection is dropped rather than ending it as a valid reply.
         if offset != f.size or workspace.Sig.of(os.fstat(fd)) != f.sig:

@@ -14,7 +14,6 @@ import ctypes.util
 import errno
 import os
 import stat
-from collections.abc import Iterator
 from typing import Literal, NamedTuple
 
 from .errors import BadRequest, ConfigError, NotFound, PayloadTooLarge
@@ -294,14 +293,3 @@ def unlink_name(root_fd: int, parts: tuple[str, ...]) -> None:
 def usage_bytes(path: str) -> int:
     st = os.statvfs(path)
     return (st.f_blocks - st.f_bfree) * st.f_frsize
-
-
-def iter_chunks(fd: int, size: int, chunk_bytes: int = 256 * 1024) -> Iterator[bytes]:
-    """Read at most `size` bytes from an fd opened by open_regular."""
-    offset = 0
-    while offset < size:
-        data = os.pread(fd, min(chunk_bytes, size - offset), offset)
-        if not data:
-            return
-        offset += len(data)
-        yield data

@@ -92,3 +92,23 @@ async def test_unchanged_download_keeps_the_connection_alive(client: Any) -> Non
         assert status == b"HTTP/1.1 200 OK"
     finally:
         writer.close()
+
+
+async def test_a_client_that_stops_reading_a_download_does_not_block_runs(make_client: Any) -> None:
+    """A run in a session waits for its downloads in flight; a download whose client stopped
+    reading is dropped after storage.upload_idle_timeout_s, so the run goes ahead."""
+    client = await make_client(storage={"upload_idle_timeout_s": 2.0})
+    sid, fid = await _upload(client, "big.bin", b"a" * FILE_BYTES)
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        writer.write(f"GET /download/{sid}/{fid} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        await writer.drain()
+        status, _ = await _read_head(reader)
+        assert status == b"HTTP/1.1 200 OK"
+        # Never read further. A run in the same session still completes.
+        resp = await asyncio.wait_for(
+            client.post("/exec", json={"lang": "py", "code": "print('ran')", "session_id": sid}), 60)
+        body = await resp.json()
+        assert resp.status == 200 and body["stdout"] == "ran\n", body
+    finally:
+        writer.close()
