@@ -24,6 +24,7 @@ from collections.abc import Iterable
 
 from . import workspace
 from .errors import ConfigError
+from .executors import in_file_pool
 from .languages import Recipe
 
 __all__ = ["CompileCache", "toolchain_id"]
@@ -63,6 +64,11 @@ class CompileCache:
         self._groups = {r.lang: f"{r.lang}-{toolchain_id(r)}" for r in recipes if r.compile}
         self._locks: dict[str, asyncio.Lock] = {}
         self._in_use: dict[str, int] = {}
+        # Entries chosen for eviction: gone from _sizes at once (lookup misses them), removed
+        # from disk in a thread; a new insert under the same key waits for that removal.
+        self._doomed: dict[str, asyncio.Future[None]] = {}
+        # Recency for LRU, kept in memory so eviction picks victims without touching the disk.
+        self._used: dict[str, float] = {}
         self.hits = 0
         self.misses = 0
         self._purge_stale()
@@ -76,6 +82,7 @@ class CompileCache:
                     shutil.rmtree(path, ignore_errors=True)
                 else:
                     self._sizes[path] = _tree_bytes(path)
+                    self._used[path] = _mtime(path)
 
     def _purge_stale(self) -> None:
         """Groups of another toolchain identity (an upgraded compiler) or of no recipe."""
@@ -96,8 +103,8 @@ class CompileCache:
         return self._locks.setdefault(path, asyncio.Lock())
 
     def lookup(self, path: str) -> bool:
-        if path in self._sizes and os.path.isdir(path):
-            os.utime(path)  # recency for LRU
+        if path in self._sizes and path not in self._doomed and os.path.isdir(path):
+            self._used[path] = time.time()  # recency for LRU
             self.hits += 1
             return True
         self.misses += 1
@@ -117,11 +124,28 @@ class CompileCache:
         if lock is not None and not lock.locked():
             del self._locks[path]
 
-    def insert(self, path: str, out_fd: int, file_max_bytes: int) -> bool:
-        """Seal a compile step's output (read from its tmpfs the safe way) as entry `path`."""
+    async def insert(self, path: str, out_fd: int, file_max_bytes: int) -> bool:
+        """Seal a compile step's output as entry `path`. The copy runs in a thread; the
+        bookkeeping (sizes, recency, which entries to evict) happens here, on the loop, so
+        concurrent inserts never see each other half-way; only the removal of evicted trees
+        runs in a thread, behind the doomed mark."""
+        removal = self._doomed.get(path)
+        if removal is not None:
+            await asyncio.shield(removal)
+        total = await in_file_pool(self._build, path, out_fd, file_max_bytes)
+        if total is None:
+            return False
+        self._sizes[path] = total
+        self._used[path] = time.time()
+        self._evict(keep=path)
+        return True
+
+    def _build(self, path: str, out_fd: int, file_max_bytes: int) -> int | None:
+        """Copy the output (read from its tmpfs the safe way) into place (blocking): its size
+        in bytes, or None when there is no output."""
         files = workspace.walk(out_fd, ENTRY_FILES_MAX, file_max_bytes)
         if not files:
-            return False
+            return None
         tmp = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}-{time.monotonic_ns()}")
         os.mkdir(tmp, 0o755)
         total = 0
@@ -147,22 +171,34 @@ class CompileCache:
             os.rename(tmp, path)
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)
-            return os.path.isdir(path)  # an identical entry won the race: fine
-        self._sizes[path] = total
-        self._evict(keep=path)
-        return True
+            if os.path.isdir(path):  # an identical entry is already in place: fine
+                return _tree_bytes(path)
+            return None
+        return total
 
     def _evict(self, keep: str) -> None:
         total = sum(self._sizes.values())
         if total <= self.max_bytes:
             return
-        for path in sorted(self._sizes, key=_mtime):
+        for path in sorted(self._sizes, key=lambda p: self._used.get(p, 0.0)):
             if total <= self.max_bytes:
                 return
             if path == keep or path in self._in_use:
                 continue
             total -= self._sizes.pop(path)
-            shutil.rmtree(path, ignore_errors=True)
+            self._used.pop(path, None)
+            self._doomed[path] = asyncio.ensure_future(self._remove(path))
+
+    async def _remove(self, path: str) -> None:
+        try:
+            await in_file_pool(shutil.rmtree, path, True)
+        finally:
+            del self._doomed[path]
+
+    async def settle(self) -> None:
+        """Until every evicted entry is gone from disk (shutdown, tests)."""
+        while self._doomed:
+            await asyncio.gather(*self._doomed.values(), return_exceptions=True)
 
     def total_bytes(self) -> int:
         return sum(self._sizes.values())

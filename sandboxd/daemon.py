@@ -18,6 +18,7 @@ from .canary import Check, run_canaries
 from .cgroups import CgroupManager, detect_cgroups
 from .compilecache import CompileCache
 from .errors import ConfigError
+from .executors import in_kill_pool
 from .http import create_app
 from .languages import RECIPES
 from .policy import Policy, settings_sources
@@ -152,7 +153,7 @@ def build_app(settings: Settings) -> web.Application:
         # Before aiohttp waits for handlers: end in-flight runs so they answer at once.
         daemon.store.closing = True
         ready["ok"] = False
-        daemon.runner.kill_all()
+        await in_kill_pool(daemon.runner.kill_all)
 
     app.on_shutdown.append(stop_runs)
     return app
@@ -170,6 +171,6 @@ async def _sweep_forever(daemon: Daemon) -> None:
     while True:
         await asyncio.sleep(daemon.settings.storage.sweep_interval_s)
         try:
-            daemon.store.sweep()
+            await daemon.store.sweep()
         except Exception:
             log.exception("session sweep failed")

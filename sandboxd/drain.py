@@ -13,6 +13,7 @@ import signal
 
 from aiohttp import web
 
+from .executors import in_kill_pool
 from .http import READY, STORE
 from .systemd import notify
 
@@ -37,7 +38,7 @@ async def drain(app: web.Application, drain_s: float, cut_short: asyncio.Event) 
     if not (idle.done() and idle.result()):
         idle.cancel()
         log.warning("stopping: killing %d run(s) still in flight", store.admission.running)
-        await asyncio.to_thread(store.runner.kill_all)
+        await in_kill_pool(store.runner.kill_all)
         if not await store.admission.wait_idle(KILLED_REPLY_S):
             log.error("stopping: runs still in flight after the kill")
 

@@ -8,6 +8,7 @@ __all__ = [
     "Unauthorized",
     "NotFound",
     "PayloadTooLarge",
+    "RequestTimeout",
     "InputsUnavailable",
     "RateLimited",
     "Unavailable",
@@ -50,6 +51,13 @@ class NotFound(SandboxdError):
 class PayloadTooLarge(SandboxdError):
     status = 413
     code = "payload_too_large"
+
+
+class RequestTimeout(SandboxdError):
+    """The client stopped sending its request body."""
+
+    status = 408
+    code = "request_timeout"
 
 
 class InputsUnavailable(SandboxdError):

@@ -4,19 +4,26 @@ decoding, and the one place where domain errors become status codes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import logging
 import os
 import re
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 import msgspec
 from aiohttp import BodyPartReader, web
+from aiohttp.hdrs import CONTENT_DISPOSITION
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.multipart import parse_content_disposition
 
 from . import workspace
 from .access import access_middleware, echo_request_id, route_of
 from .auth import Authenticator
-from .errors import BadRequest, NotFound, PayloadTooLarge, RateLimited, SandboxdError
+from .executors import in_file_pool
+from .errors import BadRequest, NotFound, PayloadTooLarge, RateLimited, RequestTimeout, SandboxdError
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .schemas import BatchFile, BatchReply, ExecRequest, UploadedFile, UploadReply
 from .sessions import Session, SessionStore, StoredFile
@@ -24,10 +31,13 @@ from .sessions import Session, SessionStore, StoredFile
 __all__ = ["create_app", "STORE", "READY"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 STORE = web.AppKey("store", SessionStore)
 AUTH = web.AppKey("auth", Authenticator)
 READY = web.AppKey("ready", dict)
+BODIES = web.AppKey("bodies", asyncio.Semaphore)
 UPLOAD_CHUNK_BYTES = 256 * 1024
+DOWNLOAD_CHUNK_BYTES = 256 * 1024
 
 _exec_decoder = msgspec.json.Decoder(ExecRequest)
 _encoder = msgspec.json.Encoder()
@@ -43,32 +53,69 @@ def _error(status: int, error: str, message: str, **extra: object) -> web.Respon
     return _json({"error": error, "message": message, **extra}, status=status)
 
 
+# The response a handler has already started (headers queued or sent), per request task: once
+# it exists, an error can no longer be answered with a response of its own (see below).
+_STARTED: contextvars.ContextVar[list[web.StreamResponse] | None] = contextvars.ContextVar(
+    "sandboxd_started_response", default=None)
+
+
+async def _note_started(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: runs in the handler's task, so it sees the middleware's slot."""
+    started = _STARTED.get()
+    if started is not None:
+        started.append(response)
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The only translation of errors to HTTP. Unknown failures get a fixed body, no traceback."""
+    """The only translation of errors to HTTP. Unknown failures get a fixed body, no traceback.
+
+    Once a handler has prepared its response (a download streaming), an error is never answered
+    with a second response: on a keep-alive connection those bytes would be read as the end of
+    the body or as the answer to the client's next request. The connection is dropped instead,
+    so the client sees a short body and EOF."""
+    started: list[web.StreamResponse] = []
+    token = _STARTED.set(started)
     try:
         return await handler(request)
-    except RateLimited as exc:
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        if started:
+            log.warning("%s %s: failed after the response started (%s); connection dropped",
+                        request.method, route_of(request), type(exc).__name__)
+            drop_connection(request)
+            return started[0]
+        return _translate(request, exc)
+    finally:
+        _STARTED.reset(token)
+
+
+def drop_connection(request: web.Request) -> None:
+    """End the connection without completing the response in flight."""
+    if request.transport is not None:
+        request.transport.close()
+
+
+def _translate(request: web.Request, exc: Exception) -> web.StreamResponse:
+    if isinstance(exc, RateLimited):
         return _error(429, "rate_limited", exc.message, retry_after_seconds=exc.retry_after_s)
-    except SandboxdError as exc:
+    if isinstance(exc, SandboxdError):
         if exc.status >= 500:
             log.warning("%s %s: %s", request.method, route_of(request), exc.message)
         error = exc.message if exc.status == 422 else exc.code
         return _error(exc.status, error, exc.message)
-    except web.HTTPRequestEntityTooLarge:
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
         return _error(413, "payload_too_large", "Request body is too large")
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         if exc.status == 404:  # an unknown route looks like an unknown ID: nothing to probe
             nf = NotFound()
             return _error(404, nf.code, nf.message)
         return _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, route_of(request))
-        return _error(500, "internal_error", "Internal error")
+    log.exception("unhandled error on %s %s", request.method, route_of(request), exc_info=exc)
+    return _error(500, "internal_error", "Internal error")
 
 
 def _owner(request: web.Request) -> str:
@@ -92,28 +139,75 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=store.metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
+async def _idle(aw: Awaitable[T], request: web.Request) -> T:
+    """The next bytes of a request body (or a download's client taking the next bytes), or 408
+    when the client stalls: a body that trickles in must not hold a body slot, an upload
+    session or a connection for ever, nor a download its session."""
+    try:
+        return await asyncio.wait_for(aw, timeout=request.app[STORE].settings.storage.upload_idle_timeout_s)
+    except TimeoutError:
+        raise RequestTimeout("The request body stalled") from None
+
+
+@contextlib.asynccontextmanager
+async def _body_slot(request: web.Request) -> AsyncIterator[None]:
+    """One of a bounded number of /exec bodies being read and decoded at once: each is bounded
+    in size (json_body_max_bytes), and this bounds their number, so many clients sending large
+    bodies together cannot run the daemon out of memory before admission even looks at them."""
+    store = request.app[STORE]
+    sem = request.app[BODIES]
+    if not sem.locked():
+        await sem.acquire()  # a free slot: no wait_for (it times out at 0 s)
+    else:
+        try:
+            await asyncio.wait_for(sem.acquire(), timeout=store.settings.queue_wait_s)
+        except TimeoutError:
+            raise RateLimited(store.admission.retry_after_s) from None
+    try:
+        yield
+    finally:
+        sem.release()
+
+
+async def _read_json_body(request: web.Request) -> bytes:
+    limit = request.app[STORE].settings.storage.json_body_max_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge("Request body is too large")
+    body = bytearray()
+    while chunk := await _idle(request.content.readany(), request):
+        if len(body) + len(chunk) > limit:
+            raise PayloadTooLarge("Request body is too large")
+        body += chunk
+    return bytes(body)
+
+
 async def exec_code(request: web.Request) -> web.Response:
     owner = _owner(request)
-    body = await request.read()
-    try:
-        req = _exec_decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise BadRequest(f"Invalid request: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"Malformed JSON: {exc}") from None
-    except RecursionError:
-        raise BadRequest("Malformed JSON: nested too deeply") from None
-    except UnicodeDecodeError:
-        raise BadRequest("Malformed JSON: not valid UTF-8") from None
+    async with _body_slot(request):
+        body = await _read_json_body(request)
+        try:
+            req = _exec_decoder.decode(body)
+        except msgspec.ValidationError as exc:
+            raise BadRequest(f"Invalid request: {exc}") from None
+        except msgspec.DecodeError as exc:
+            raise BadRequest(f"Malformed JSON: {exc}") from None
+        except RecursionError:
+            raise BadRequest("Malformed JSON: nested too deeply") from None
+        except UnicodeDecodeError:
+            raise BadRequest("Malformed JSON: not valid UTF-8") from None
+        del body
     reply = await request.app[STORE].execute(req, owner)
     return _json(reply)
 
 
 def _part_filename(part: BodyPartReader) -> str:
     """The client's file name. Some multipart writers (aiohttp's among them) percent-encode
-    it, so `input%2Fscores.csv` means the nested path; the name is validated afterwards."""
+    a plain `filename=`, so `input%2Fscores.csv` means the nested path; a `filename*=` was
+    already decoded by aiohttp (RFC 5987) and is kept as sent (`100%25 done.csv` stays so).
+    The name is validated afterwards."""
     name = part.filename or ""
-    if re.search(r"%[0-9A-Fa-f]{2}", name):
+    _, params = parse_content_disposition(part.headers.get(CONTENT_DISPOSITION))
+    if "filename*" not in params and re.search(r"%[0-9A-Fa-f]{2}", name):
         try:
             return urllib.parse.unquote(name, errors="strict")
         except UnicodeDecodeError:
@@ -121,13 +215,17 @@ def _part_filename(part: BodyPartReader) -> str:
     return name
 
 
-async def _stream_part(store: SessionStore, session: Session, part: BodyPartReader, limit: int) -> StoredFile:
+async def _stream_part(request: web.Request, session: Session, part: BodyPartReader, limit: int) -> StoredFile:
+    store = request.app[STORE]
     name = _part_filename(part)
     fd, parts = store.open_upload(session, name)
     written = 0
     try:
-        while chunk := await part.read_chunk(UPLOAD_CHUNK_BYTES):
+        while chunk := await _idle(part.read_chunk(UPLOAD_CHUNK_BYTES), request):
             written = workspace.write_stream_chunk(fd, chunk, written, limit)
+    except (ValueError, HttpProcessingError) as exc:
+        store.abort_upload(session, fd, parts)
+        raise BadRequest(f"malformed multipart body: {exc}") from None
     except BaseException:
         store.abort_upload(session, fd, parts)
         raise
@@ -138,13 +236,13 @@ async def _file_parts(request: web.Request, store: SessionStore) -> AsyncIterato
     """The `file` parts of a multipart body, one at a time (other fields are skipped)."""
     try:
         reader = await request.multipart()
-    except (AssertionError, ValueError, KeyError) as exc:
+    except (AssertionError, ValueError, KeyError, HttpProcessingError) as exc:
         raise BadRequest(f"expected multipart/form-data: {exc}") from None
     count = 0
     while True:
         try:
-            part = await reader.next()
-        except ValueError as exc:
+            part = await _idle(reader.next(), request)
+        except (ValueError, HttpProcessingError) as exc:  # e.g. a NUL byte in a part header
             raise BadRequest(f"malformed multipart body: {exc}") from None
         if part is None:
             break
@@ -167,14 +265,22 @@ async def upload(request: web.Request) -> web.Response:
     limit = store.settings.storage.upload_max_bytes
     if request.content_length is not None and request.content_length > limit + 64 * 1024:
         raise PayloadTooLarge(f"upload exceeds {limit} bytes")
-    session = store.new_upload_session(owner)
+    # The session (a tmpfs, a uid, a sessions_max slot) exists from the first file part on,
+    # not before the client sent a byte.
+    session: Session | None = None
     files: list[UploadedFile] = []
     try:
         async for part in _file_parts(request, store):
-            f = await _stream_part(store, session, part, limit)
+            if session is None:
+                session = await store.new_upload_session(owner)
+            f = await _stream_part(request, session, part, limit)
             files.append(UploadedFile(fileId=f.id, filename=f.name))
-    finally:
-        store.end_upload(session)
+    except BaseException:
+        if session is not None:  # the client never learns its ID: keep none of its files
+            await store.end_upload(session, failed=True)
+        raise
+    assert session is not None  # _file_parts refuses a body without a file part
+    await store.end_upload(session)
     return _json(UploadReply(message="success", session_id=session.id, storage_session_id=session.id,
                              files=files))
 
@@ -184,19 +290,25 @@ async def upload_batch(request: web.Request) -> web.Response:
     owner = _owner(request)
     store = request.app[STORE]
     limit = store.settings.storage.upload_max_bytes
-    session = store.new_upload_session(owner)
+    session: Session | None = None
     results: list[BatchFile] = []
     try:
         async for part in _file_parts(request, store):
+            if session is None:
+                session = await store.new_upload_session(owner)
             name = _part_filename(part)
             try:
-                f = await _stream_part(store, session, part, limit)
+                f = await _stream_part(request, session, part, limit)
                 results.append(BatchFile(status="success", fileId=f.id, filename=f.name))
             except (BadRequest, PayloadTooLarge) as exc:
                 await part.release()
                 results.append(BatchFile(status="error", filename=name, error=exc.message))
-    finally:
-        store.end_upload(session)
+    except BaseException:
+        if session is not None:  # the client never learns its ID: keep none of its files
+            await store.end_upload(session, failed=True)
+        raise
+    assert session is not None  # _file_parts refuses a body without a file part
+    await store.end_upload(session)
     ok = sum(1 for r in results if r.status == "success")
     message = "success" if ok == len(results) else ("partial_success" if ok else "error")
     return _json(BatchReply(message=message, storage_session_id=session.id, session_id=session.id,
@@ -211,9 +323,8 @@ def _disposition(name: str) -> str:
 
 async def download(request: web.Request) -> web.StreamResponse:
     store = request.app[STORE]
-    f = store.get_file(request.match_info["sid"], request.match_info["fid"], _owner(request))
-    fd = await asyncio.to_thread(store.open_for_download, f)
-    try:
+    owner = _owner(request)
+    async with store.reading(request.match_info["sid"], request.match_info["fid"], owner) as (f, fd):
         resp = web.StreamResponse(
             headers={
                 "Content-Type": f.content_type,
@@ -225,16 +336,24 @@ async def download(request: web.Request) -> web.StreamResponse:
             }
         )
         await resp.prepare(request)
-        for chunk in workspace.iter_chunks(fd, f.size):
-            await resp.write(chunk)
+        offset = 0
+        while offset < f.size:
+            chunk = await in_file_pool(os.pread, fd, min(DOWNLOAD_CHUNK_BYTES, f.size - offset), offset)
+            if not chunk:
+                break
+            offset += len(chunk)
+            # A client that stops reading would keep the session pinned and any run in it
+            # waiting: past the idle timeout the connection is dropped.
+            await _idle(resp.write(chunk), request)
         # The jail may not rewrite a served version; if it did mid-stream, the body is
-        # incomplete and the connection is dropped rather than ending it as a valid reply.
-        if workspace.Sig.of(os.fstat(fd)) != f.sig:
-            raise ConnectionResetError("file changed while being served")
+        # short or wrong, and the connection is dropped rather than ending it as a valid reply.
+        if offset != f.size or workspace.Sig.of(os.fstat(fd)) != f.sig:
+            log.warning("%s %s: file changed while being served; connection dropped",
+                        request.method, route_of(request))
+            drop_connection(request)
+            return resp
         await resp.write_eof()
         return resp
-    finally:
-        os.close(fd)
 
 
 def _file_entry(f: StoredFile, detail: str) -> object:
@@ -292,7 +411,10 @@ def create_app(store: SessionStore, auth: Authenticator, ready: dict[str, object
     app[STORE] = store
     app[AUTH] = auth
     app[READY] = ready
+    st = store.settings.storage
+    app[BODIES] = asyncio.Semaphore(max(1, st.json_bodies_max_bytes // st.json_body_max_bytes))
     store.metrics.ready.set_function(lambda: 1 if ready.get("ok") and not store.closing else 0)
     app.on_response_prepare.append(echo_request_id)
+    app.on_response_prepare.append(_note_started)
     add_routes(app)
     return app

@@ -24,6 +24,7 @@ from . import workspace
 from .capture import HeadTail
 from .cgroups import CgroupLimits, CgroupManager, CgroupStats, RunCgroup
 from .errors import JailFailure, Unavailable
+from .executors import in_kill_pool
 from .policy import JailRun, Policy
 
 __all__ = ["RunLimits", "RunResult", "Runner", "classify", "launch_reason"]
@@ -124,7 +125,7 @@ def _with_note(stderr: str, exit_code: int, sig_name: str | None, message: str |
 async def _kill(cg: RunCgroup, spare: int | None = None) -> None:
     """Kill the run's processes off the event loop: a fork bomb re-spawning under the kill
     loop must not stall every other request."""
-    await asyncio.to_thread(cg.kill_all, spare)
+    await in_kill_pool(cg.kill_all, spare)
 
 
 async def _until_released(cg: RunCgroup, deadline_s: float = 5.0) -> None:
@@ -227,7 +228,7 @@ class Runner:
                 return result
             finally:
                 del self._live[seq]
-                await asyncio.to_thread(cg.remove)
+                await in_kill_pool(cg.remove)
         finally:
             shutil.rmtree(src_dir, ignore_errors=True)
 

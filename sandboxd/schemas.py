@@ -8,6 +8,9 @@ import msgspec
 from msgspec import Meta
 
 __all__ = [
+    "ARGS_MAX",
+    "ARG_MAX_CHARS",
+    "ARGS_TOTAL_MAX_BYTES",
     "FileRef",
     "ExecRequest",
     "OutFile",
@@ -28,15 +31,26 @@ class FileRef(msgspec.Struct, kw_only=True):
     session_id: str | None = None
 
 
+# Arguments reach the jail through nsjail's argv, and the kernel refuses an execve whose argv
+# and environment exceed ARG_MAX (2 MiB on Linux) with E2BIG: bound them well below that.
+ARGS_MAX = 256
+ARG_MAX_CHARS = 64 * 1024
+ARGS_TOTAL_MAX_BYTES = 256 * 1024
+
+
 class ExecRequest(msgspec.Struct, kw_only=True):
     lang: str
     code: str
-    args: list[str] | None = None
+    args: Annotated[list[Annotated[str, Meta(max_length=ARG_MAX_CHARS)]], Meta(max_length=ARGS_MAX)] | None = None
     session_id: str | None = None
     # Milliseconds; may only lower the server's limit.
     timeout: Annotated[float, Meta(gt=0)] | None = None
     files: list[FileRef] | None = None
     user_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.args and sum(len(a.encode("utf-8", "surrogatepass")) + 1 for a in self.args) > ARGS_TOTAL_MAX_BYTES:
+            raise ValueError(f"args exceed {ARGS_TOTAL_MAX_BYTES} bytes in all")
 
 
 class OutFile(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -18,15 +18,17 @@ import os
 import time
 
 import msgspec
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple
 
 from . import workspace
 from .admission import Admission
 from .errors import BadRequest, InputsUnavailable, NotFound, PayloadTooLarge, Unavailable
 from .ids import is_valid_id, new_id, redact
 from .compilecache import CompileCache
+from .diff import Diff, Probe, diff
+from .executors import in_file_pool, in_kill_pool
 from .languages import BIN_DIR, Recipe, resolve
 from .metrics import Metrics
 from .runner import Runner, RunLimits, RunResult
@@ -37,22 +39,9 @@ from .workspace import Sig
 __all__ = ["StoredFile", "Session", "SessionStore"]
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 WALK_MAX_ENTRIES = 20000
 ARGS_MAX = 256
 ARG_MAX_BYTES = 64 * 1024
-
-
-async def _in_thread(fn: Callable[..., T], *args: object) -> T:
-    """Run blocking file work in a thread; if the caller is cancelled, still wait for the
-    thread to finish before the session lock is released (it mutates that session)."""
-    task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        with contextlib.suppress(Exception):
-            await task
-        raise
 
 
 def content_type_of(name: str) -> str:
@@ -117,9 +106,28 @@ class Session:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     known: dict[str, Known] = field(default_factory=dict)
     files: dict[str, StoredFile] = field(default_factory=dict)  # own objects by file id
-    busy: int = 0
+    busy: int = 0  # pins: requests that use the session; a pinned session is never evicted or expired
+    readers: int = 0  # downloads streaming from it; a run waits for them (see SessionStore.reading)
+    no_readers: asyncio.Event = field(default_factory=asyncio.Event)
     usage_bytes: int = 0
     closed: bool = False
+
+    def __post_init__(self) -> None:
+        self.no_readers.set()
+
+
+def _unmount_and_remove(path: str) -> None:
+    workspace.unmount(path)
+    os.rmdir(path)
+
+
+@contextlib.contextmanager
+def _pinned(s: Session) -> Iterator[None]:
+    s.busy += 1
+    try:
+        yield
+    finally:
+        s.busy -= 1
 
 
 class SessionStore:
@@ -147,6 +155,7 @@ class SessionStore:
                            runs_active=lambda: self.admission.running,
                            runs_queued=lambda: self.admission.waiting)
         self.closing = False
+        self._mounting = 0  # sessions being mounted in a thread: they count against sessions_max
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -163,10 +172,10 @@ class SessionStore:
 
     async def close(self) -> None:
         self.closing = True
-        self.runner.kill_all()
+        await in_kill_pool(self.runner.kill_all)
         for s in list(self.sessions.values()):
             async with s.lock:
-                self.drop_session(s)
+                await self.drop(s)
 
     # ---- sessions and uids -----------------------------------------------------------------
 
@@ -179,12 +188,8 @@ class SessionStore:
         self._next_uid += 1
         return uid
 
-    def create_session(self, owner: str) -> Session:
-        if self.closing:
-            raise Unavailable("The daemon is shutting down")
-        if len(self.sessions) >= self.settings.storage.sessions_max:
-            self._evict(need_sessions=1, need_bytes=0)
-        uid = self._alloc_uid()
+    def _mount(self, uid: int) -> tuple[str, int]:
+        """A fresh tmpfs owned by uid and an fd of its root (blocking: mount and mkdir)."""
         path = os.path.join(self.mount_root, str(uid))
         try:
             os.mkdir(path, 0o700)
@@ -193,12 +198,12 @@ class SessionStore:
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except BaseException:
             workspace.unmount(path)
-            try:
+            with contextlib.suppress(OSError):
                 os.rmdir(path)
-            except OSError:
-                pass
-            self._free_uids.append(uid)
             raise
+        return path, fd
+
+    def _add(self, owner: str, uid: int, path: str, fd: int) -> Session:
         now = time.time()
         sid = new_id()
         s = Session(id=sid, owner=owner, uid=uid, path=path, fd=fd, created_at=now, last_used=now)
@@ -206,48 +211,115 @@ class SessionStore:
         log.info("session %s created (uid %d)", redact(sid), uid)
         return s
 
-    def drop_session(self, s: Session) -> None:
-        if s.closed:
-            return
+    def create_session(self, owner: str) -> Session:
+        """Start-up use only (the canaries): mounts on the calling thread and never evicts.
+        Requests use `new_session`."""
+        if self.closing:
+            raise Unavailable("The daemon is shutting down")
+        if len(self.sessions) + self._mounting >= self.settings.storage.sessions_max:
+            raise Unavailable("Session storage is full")
+        uid = self._alloc_uid()
+        try:
+            path, fd = self._mount(uid)
+        except BaseException:
+            self._free_uids.append(uid)
+            raise
+        return self._add(owner, uid, path, fd)
+
+    async def new_session(self, owner: str) -> Session:
+        if self.closing:
+            raise Unavailable("The daemon is shutting down")
+        if len(self.sessions) + self._mounting >= self.settings.storage.sessions_max:
+            await self._evict(need_sessions=1, need_bytes=0)
+        uid = self._alloc_uid()
+        self._mounting += 1
+        try:
+            path, fd = await in_file_pool(self._mount, uid)
+        except BaseException:
+            self._free_uids.append(uid)
+            raise
+        finally:
+            self._mounting -= 1
+        return self._add(owner, uid, path, fd)
+
+    def _forget(self, s: Session) -> int:
+        """Registry part of a drop (on the loop): the session and its files are unknown from
+        now on, and its fd number is taken away so no later use can reach a reused number."""
         s.closed = True
         self.sessions.pop(s.id, None)
         for fid in s.files:
             self.files.pop(fid, None)
-        os.close(s.fd)
-        workspace.unmount(s.path)
+        fd, s.fd = s.fd, -1
+        return fd
+
+    @staticmethod
+    def _release(fd: int, path: str) -> None:
+        """Storage part of a drop (blocking: close, unmount, rmdir)."""
+        os.close(fd)
+        workspace.unmount(path)
         try:
-            os.rmdir(s.path)
+            os.rmdir(path)
         except OSError:
-            log.warning("could not remove mount point %s", s.path)
+            log.warning("could not remove a session mount point")
+
+    def _released(self, s: Session, exc: BaseException | None) -> None:
+        if exc is not None:
+            # Its tmpfs may still be mounted and owned by that uid: never give the uid out again.
+            log.warning("session %s: storage not released (%s); its uid is retired", redact(s.id), exc)
+            return
         self._free_uids.append(s.uid)
         log.info("session %s removed", redact(s.id))
 
-    def _evict(self, need_sessions: int, need_bytes: int, keep: Session | None = None) -> None:
+    def drop_session(self, s: Session) -> None:
+        """Start-up and tests only (blocking); requests, sweeps and evictions use `drop`."""
+        if s.closed:
+            return
+        fd = self._forget(s)
+        try:
+            self._release(fd, s.path)
+        except OSError as exc:
+            self._released(s, exc)
+            return
+        self._released(s, None)
+
+    async def drop(self, s: Session) -> None:
+        if s.closed:
+            return
+        fd = self._forget(s)
+        try:
+            await asyncio.shield(in_file_pool(self._release, fd, s.path))
+        except OSError as exc:
+            self._released(s, exc)
+            return
+        self._released(s, None)
+
+    async def _evict(self, need_sessions: int, need_bytes: int, keep: Session | None = None) -> None:
         """Least-recently-used idle sessions go first."""
+        limit = self.settings.storage.sessions_max
         for s in sorted(self.sessions.values(), key=lambda x: x.last_used):
-            over_count = len(self.sessions) + need_sessions > self.settings.storage.sessions_max
+            over_count = len(self.sessions) + self._mounting + need_sessions > limit
             over_bytes = self.total_usage() + need_bytes > self.settings.storage.storage_max_bytes
             if not (over_count or over_bytes):
                 return
-            if s is keep or s.busy or s.lock.locked():
+            if s is keep or s.busy or s.lock.locked() or s.closed:
                 continue
             log.info("evicting session %s (storage pressure)", redact(s.id))
             self.metrics.evicted("lru_sessions" if over_count else "lru_bytes")
-            self.drop_session(s)
-        if len(self.sessions) + need_sessions > self.settings.storage.sessions_max:
+            await self.drop(s)
+        if len(self.sessions) + self._mounting + need_sessions > limit:
             raise Unavailable("Session storage is full")
 
     def total_usage(self) -> int:
         return sum(s.usage_bytes for s in self.sessions.values())
 
-    def sweep(self) -> None:
+    async def sweep(self) -> None:
         """Expire idle sessions past their TTL, then enforce the storage budget."""
         cutoff = time.time() - self.settings.storage.session_ttl_s
         for s in list(self.sessions.values()):
-            if s.last_used < cutoff and not s.busy and not s.lock.locked():
+            if s.last_used < cutoff and not s.busy and not s.lock.locked() and not s.closed:
                 self.metrics.evicted("ttl")
-                self.drop_session(s)
-        self._evict(need_sessions=0, need_bytes=0)
+                await self.drop(s)
+        await self._evict(need_sessions=0, need_bytes=0)
 
     def get_session(self, sid: str, owner: str) -> Session:
         s = self.sessions.get(sid) if is_valid_id(sid) else None
@@ -282,19 +354,19 @@ class SessionStore:
 
     # ---- uploads and deletes ---------------------------------------------------------------
 
-    def new_upload_session(self, owner: str) -> Session:
-        s = self.create_session(owner)
+    async def new_upload_session(self, owner: str) -> Session:
+        s = await self.new_session(owner)
         s.busy += 1
         return s
 
-    def end_upload(self, s: Session) -> None:
+    async def end_upload(self, s: Session, failed: bool = False) -> None:
         s.busy -= 1
-        if not s.files:
-            self.drop_session(s)  # nothing stored: don't keep an empty mount
+        if failed or not s.files:
+            await self.drop(s)  # nothing stored: don't keep an empty mount
             return
         self._touch(s)
         if self.total_usage() > self.settings.storage.storage_max_bytes:
-            self._evict(0, 0, keep=s)
+            await self._evict(0, 0, keep=s)
 
     def open_upload(self, s: Session, name: str) -> tuple[int, tuple[str, ...]]:
         parts = workspace.validate_name(name)
@@ -317,7 +389,7 @@ class SessionStore:
                 raise NotFound()
             known = s.known.get(f.name)
             if known is not None and known.file_id == fid:
-                await _in_thread(workspace.unlink_name, s.fd, f.parts)
+                await in_file_pool(workspace.unlink_name, s.fd, f.parts)
                 del s.known[f.name]
             self._retire(s, fid)
             self._touch(s)
@@ -365,50 +437,70 @@ class SessionStore:
             raise BadRequest(f"args: at most {ARGS_MAX} strings of at most {ARG_MAX_BYTES} bytes, no NUL")
         if "\0" in req.code:
             raise BadRequest("code contains a NUL byte")
-        inputs = self._resolve_inputs(req.files or [], owner)
-        limits = self._limits(recipe, req.timeout)
-
         if self.closing:  # draining for a stop: runs in flight finish, new ones are refused
             raise Unavailable("The daemon is shutting down")
-        async with self.admission.slot():
-            if self.closing:
-                raise Unavailable("The daemon is shutting down")
-            s = None
-            if req.session_id:
-                s = self.sessions.get(req.session_id) if is_valid_id(req.session_id) else None
-                if s is not None and s.owner != owner:
-                    s = None
+        inputs = self._resolve_inputs(req.files or [], owner)
+        limits = self._limits(recipe, req.timeout)
+        s = None
+        if req.session_id:
+            s = self.sessions.get(req.session_id) if is_valid_id(req.session_id) else None
+            if s is not None and s.owner != owner:
+                s = None
+        with contextlib.ExitStack() as pins:
+            # Pin every session this request uses before its first wait (a new session, its
+            # lock, a run slot): a pinned session is never evicted or expired, so an input's
+            # session and its fd outlive the wait.
+            for used in {f.session for f, _ in inputs} | ({s} if s is not None else set()):
+                pins.enter_context(_pinned(used))
+            fresh = s is None
             if s is None:
-                s = self.create_session(owner)
-            s.busy += 1
-            for f, _ in inputs:
-                f.session.busy += 1
+                s = await self.new_session(owner)
+                pins.enter_context(_pinned(s))
             try:
-                async with s.lock:
-                    if s.closed:
-                        raise NotFound()
-                    await _in_thread(self._place_inputs, s, inputs)
-                    try:
-                        if recipe.compile:
-                            result = await self._compile_and_run(s, recipe, code, args, limits)
-                        else:
-                            result = await self._run_step(s, recipe, code, args, limits)
-                    except BaseException as exc:
-                        self.metrics.run_aborted(recipe.lang, exc)
-                        raise
-                    self.metrics.run_finished(recipe.lang, result.status, result.wall_time_ms / 1000)
-                    found = await _in_thread(
-                        workspace.walk, s.fd, WALK_MAX_ENTRIES, self.settings.limits.file_max_bytes
-                    )
-                    files, deleted = self._diff(s, found)
-                    self._touch(s)
-            finally:
-                s.busy -= 1
-                for f, _ in inputs:
-                    f.session.busy -= 1
+                result, files, deleted = await self._execute_in(s, recipe, code, args, limits, inputs)
+            except BaseException:
+                if fresh:  # nobody learnt this session's ID: don't keep its mount, uid and slot
+                    await asyncio.shield(self.drop(s))
+                raise
         if self.total_usage() > self.settings.storage.storage_max_bytes:
-            self._evict(0, 0, keep=s)
+            await self._evict(0, 0, keep=s)
         return self._reply(s, result, files, deleted)
+
+    async def _execute_in(
+        self, s: Session, recipe: Recipe, code: bytes, args: list[str], limits: RunLimits,
+        inputs: list[tuple[StoredFile, tuple[str, ...]]],
+    ) -> tuple[RunResult, list[OutFile], list[str]]:
+        # The session lock first, the run slot second: requests queued on one session's lock
+        # hold no slot, so one client cannot starve every other tenant.
+        async with s.lock:
+            if s.closed:
+                raise NotFound()
+            await s.no_readers.wait()  # downloads in flight finish before the jail may write
+            for f, _ in inputs:
+                if f.session.closed or self.files.get(f.id) is not f:
+                    raise InputsUnavailable("One or more input files are unavailable")
+            async with self.admission.slot():
+                if self.closing:
+                    raise Unavailable("The daemon is shutting down")
+                placed: list[tuple[str, Known | None]] = []
+                try:
+                    await in_file_pool(self._place_inputs, s.fd, s.uid, dict(s.known), inputs, placed)
+                finally:
+                    self._apply_placement(s, placed)  # registry changes on the loop only
+                try:
+                    if recipe.compile:
+                        result = await self._compile_and_run(s, recipe, code, args, limits)
+                    else:
+                        result = await self._run_step(s, recipe, code, args, limits)
+                except BaseException as exc:
+                    self.metrics.run_aborted(recipe.lang, exc)
+                    raise
+                self.metrics.run_finished(recipe.lang, result.status, result.wall_time_ms / 1000)
+                known = {name: k.sig for name, k in s.known.items()}
+                found, probed = await in_file_pool(self._look, s.fd, known)
+                files, deleted = self._apply_diff(s, diff(known, found, probed))
+                self._touch(s)
+        return result, files, deleted
 
     async def _run_step(
         self, s: Session, recipe: Recipe, code: bytes, args: list[str], limits: RunLimits,
@@ -459,10 +551,11 @@ class SessionStore:
         is sealed into the cache by the daemon from that tmpfs."""
         self._build_seq += 1
         out = os.path.join(self.build_root, str(self._build_seq))
-        os.mkdir(out, 0o700)
+        await in_file_pool(os.mkdir, out, 0o700)
         st = self.settings.storage
         try:
-            workspace.mount_tmpfs(out, min(st.session_max_bytes, 512 * 1024 * 1024), 4096, s.uid, s.uid)
+            await in_file_pool(workspace.mount_tmpfs, out, min(st.session_max_bytes, 512 * 1024 * 1024), 4096,
+                               s.uid, s.uid)
             built = await self.runner.run(
                 profile=recipe.profile,
                 program=recipe.compile_argv(limits.memory_max_bytes),
@@ -476,7 +569,7 @@ class SessionStore:
             if built.exit_code == 0:
                 fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
                 try:
-                    sealed = await _in_thread(self.cache.insert, entry, fd, self.settings.limits.file_max_bytes)
+                    sealed = await self.cache.insert(entry, fd, self.settings.limits.file_max_bytes)
                 finally:
                     os.close(fd)
                 if not sealed:
@@ -485,25 +578,31 @@ class SessionStore:
                         stderr=built.stderr + "[sandboxd] the compiler produced no output\n")
             return built
         finally:
-            workspace.unmount(out)
-            os.rmdir(out)
+            await in_file_pool(_unmount_and_remove, out)
 
-    def _place_inputs(self, s: Session, inputs: list[tuple[StoredFile, tuple[str, ...]]]) -> None:
-        """Copy each input version into the run's session, unless that exact version is there."""
+    def _place_inputs(
+        self, root_fd: int, uid: int, known: dict[str, Known],
+        inputs: list[tuple[StoredFile, tuple[str, ...]]], placed: list[tuple[str, Known | None]],
+    ) -> None:
+        """Copy each input version into the run's session, unless that exact version is there
+        (blocking, in a thread). It changes no registry state: what it placed goes into
+        `placed`, which the caller applies on the loop, also after a failure part-way."""
         cap = self.settings.limits.file_max_bytes
         for f, parts in inputs:
             name = "/".join(parts)
-            known = s.known.get(name)
-            if known is not None and known.file_id == f.id:
+            have = known.get(name)
+            if have is not None and have.file_id == f.id:
                 continue
             try:
+                # f.session is pinned by the request; a daemon stop may still have closed it,
+                # and then its fd is -1 (EBADF, never a reused number): NotFound.
                 src, src_st = workspace.open_regular(f.session.fd, f.parts, cap)
             except NotFound:
                 raise InputsUnavailable("One or more input files are unavailable") from None
             try:
                 if Sig.of(src_st) != f.sig:
                     raise InputsUnavailable("One or more input files are unavailable")
-                dst = workspace.create_file(s.fd, parts, s.uid, replace=True)
+                dst = workspace.create_file(root_fd, parts, uid, replace=True)
                 try:
                     workspace.copy_into(src, dst, src_st.st_size)
                     dst_sig = Sig.of(os.fstat(dst))
@@ -514,38 +613,51 @@ class SessionStore:
                 finally:
                     os.close(dst)
                 if Sig.of(os.fstat(src)) != f.sig:  # changed while we copied
+                    placed.append((name, None))  # the name holds neither the old nor this version
                     raise InputsUnavailable("One or more input files are unavailable")
+                placed.append((name, Known(f.id, f.session.id, dst_sig, is_input=True)))
             finally:
                 os.close(src)
-            if known is not None and known.storage_session_id == s.id:
-                self._retire(s, known.file_id)
-            s.known[name] = Known(f.id, f.session.id, dst_sig, is_input=True)
 
-    def _diff(self, s: Session, found: dict[str, Sig]) -> tuple[list[OutFile], list[str]]:
+    def _apply_placement(self, s: Session, placed: list[tuple[str, Known | None]]) -> None:
+        for name, entry in placed:
+            old = s.known.pop(name, None)
+            if old is not None and old.storage_session_id == s.id:
+                self._retire(s, old.file_id)
+            if entry is not None:
+                s.known[name] = entry
+
+    def _look(self, root_fd: int, known: dict[str, Sig]) -> tuple[dict[str, Sig], dict[str, Probe]]:
+        """The session after a run: a bounded walk for new files, and each known name the walk
+        did not list looked up on its own (a walk skips hidden names and stops at its budget)."""
+        cap = self.settings.limits.file_max_bytes
+        found = workspace.walk(root_fd, WALK_MAX_ENTRIES, cap)
+        probed: dict[str, Probe] = {
+            name: workspace.probe(root_fd, tuple(name.split("/")), cap) for name in known if name not in found
+        }
+        return found, probed
+
+    def _apply_diff(self, s: Session, d: Diff) -> tuple[list[OutFile], list[str]]:
         cap = self.settings.limits.output_files_max
         new: list[OutFile] = []
         kept: list[OutFile] = []
-        deleted = []
-        for name in sorted(set(s.known) - set(found)):
+        for name in d.deleted + d.lost:
             gone = s.known.pop(name)
             if gone.storage_session_id == s.id:
                 self._retire(s, gone.file_id)
-            deleted.append(name)
-        for name, sig in found.items():
-            known = s.known.get(name)
-            if known is not None and known.sig == sig:
-                kept.append(OutFile(id=known.file_id, name=name, storage_session_id=known.storage_session_id,
-                                    inherited=True))
-            elif len(new) < cap:
+        for name in d.unchanged:
+            known = s.known[name]
+            kept.append(OutFile(id=known.file_id, name=name, storage_session_id=known.storage_session_id,
+                                inherited=True))
+        for name, sig in d.changed.items():
+            if len(new) < cap:
                 f = self._register(s, name, sig)
                 new.append(OutFile(id=f.id, name=name, storage_session_id=s.id,
                                    url=f"/api/files/code/download/{s.id}/{f.id}", type=f.content_type))
-            elif known is not None:
+            elif (old := s.known.pop(name, None)) is not None and old.storage_session_id == s.id:
                 # Changed but over the output cap: the old version is gone, don't serve it.
-                s.known.pop(name)
-                if known.storage_session_id == s.id:
-                    self._retire(s, known.file_id)
-        return (new + kept)[:cap], deleted  # new files first: they are what the client lacks
+                self._retire(s, old.file_id)
+        return (new + kept)[:cap], d.deleted  # new files first: they are what the client lacks
 
     def _reply(self, s: Session, r: RunResult, files: list[OutFile], deleted: list[str]) -> ExecReply:
         return ExecReply(
@@ -557,13 +669,37 @@ class SessionStore:
 
     # ---- reads ------------------------------------------------------------------------------
 
-    def open_for_download(self, f: StoredFile) -> int:
-        """An fd of exactly the version the ID names; NotFound if the bytes changed since."""
+    @contextlib.asynccontextmanager
+    async def reading(self, sid: str, fid: str, owner: str) -> AsyncIterator[tuple[StoredFile, int]]:
+        """A download: the file and an fd of exactly the version its ID names (NotFound if the
+        bytes changed since). The session stays pinned while the caller streams (no eviction,
+        no expiry), and a run in it waits for the download to end, as the download waited for
+        a run in progress: a download never reads a file a jail is writing."""
+        f = self.get_file(sid, fid, owner)
+        s = f.session
+        with _pinned(s):
+            async with s.lock:  # a run in progress ends first
+                if s.closed or self.files.get(fid) is not f:
+                    raise NotFound()
+                s.readers += 1
+                s.no_readers.clear()
+            try:
+                fd = await in_file_pool(self._open_version, f)
+                try:
+                    s.last_used = time.time()
+                    yield f, fd
+                finally:
+                    os.close(fd)
+            finally:
+                s.readers -= 1
+                if not s.readers:
+                    s.no_readers.set()
+
+    def _open_version(self, f: StoredFile) -> int:
         fd, st = workspace.open_regular(f.session.fd, f.parts, self.settings.limits.file_max_bytes)
         if Sig.of(st) != f.sig:
             os.close(fd)
             raise NotFound()
-        f.session.last_used = time.time()
         return fd
 
     def list_files(self, sid: str, owner: str) -> Iterator[StoredFile]:

@@ -60,6 +60,13 @@ class Storage(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     upload_max_bytes: Annotated[int, Meta(ge=1024)] = 100 * MiB
     upload_files_max: Annotated[int, Meta(ge=1, le=1000)] = 100
     json_body_max_bytes: Annotated[int, Meta(ge=1024)] = 8 * MiB
+    # Memory for /exec bodies being read and decoded at once: json_bodies_max_bytes //
+    # json_body_max_bytes of them (at least one) proceed, the rest wait up to queue_wait_s (429).
+    json_bodies_max_bytes: Annotated[int, Meta(ge=1024)] = 128 * MiB
+    # The longest the daemon waits for the next bytes of a request body (408 after that), or for
+    # a download's client to take the next bytes (the connection is dropped), so a stalled
+    # upload does not keep its session, tmpfs and uid, nor a stalled download its session.
+    upload_idle_timeout_s: Annotated[float, Meta(gt=0, le=3600)] = 30.0
     code_max_bytes: Annotated[int, Meta(ge=1024)] = 1 * MiB
 
 

@@ -14,8 +14,7 @@ import ctypes.util
 import errno
 import os
 import stat
-from collections.abc import Iterator
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from .errors import BadRequest, ConfigError, NotFound, PayloadTooLarge
 
@@ -29,6 +28,7 @@ __all__ = [
     "create_file",
     "open_regular",
     "walk",
+    "probe",
     "copy_into",
     "unlink_name",
     "usage_bytes",
@@ -226,6 +226,28 @@ def _walk_into(dir_fd: int, prefix: str, depth: int, found: dict[str, Sig], budg
             found[rel] = Sig.of(st)
 
 
+def probe(root_fd: int, parts: tuple[str, ...], max_file_bytes: int) -> Sig | Literal["absent", "unservable"]:
+    """One name looked up on its own (never following a link): its signature if it is a file
+    the daemon would serve, "absent" if lstat finds nothing there, else "unservable"."""
+    try:
+        parent = open_dir(root_fd, parts[:-1])
+    except (FileNotFoundError, NotADirectoryError):
+        return "absent"
+    except OSError:  # ELOOP: a parent became a link; the name does not resolve to a file here
+        return "absent"
+    try:
+        st = os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
+    except (FileNotFoundError, NotADirectoryError):
+        return "absent"
+    except OSError:
+        return "unservable"
+    finally:
+        os.close(parent)
+    if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_size <= max_file_bytes:
+        return Sig.of(st)
+    return "unservable"
+
+
 def copy_into(src_fd: int, dst_fd: int, size: int) -> None:
     """Copy exactly `size` bytes (the size fstat reported when src was opened)."""
     offset = 0
@@ -271,14 +293,3 @@ def unlink_name(root_fd: int, parts: tuple[str, ...]) -> None:
 def usage_bytes(path: str) -> int:
     st = os.statvfs(path)
     return (st.f_blocks - st.f_bfree) * st.f_frsize
-
-
-def iter_chunks(fd: int, size: int, chunk_bytes: int = 256 * 1024) -> Iterator[bytes]:
-    """Read at most `size` bytes from an fd opened by open_regular."""
-    offset = 0
-    while offset < size:
-        data = os.pread(fd, min(chunk_bytes, size - offset), offset)
-        if not data:
-            return
-        offset += len(data)
-        yield data

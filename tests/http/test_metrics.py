@@ -104,7 +104,7 @@ async def test_metrics_after_real_runs(make_client: Any) -> None:
     # An idle session past its TTL is swept as a ttl eviction.
     oldest = min(store.sessions.values(), key=lambda s: s.last_used)
     oldest.last_used = time.time() - store.settings.storage.session_ttl_s - 1
-    store.sweep()
+    await store.sweep()
     _, swept = await scrape(client)
     assert delta(after, swept, "sandboxd_session_evictions_total", reason="ttl") == 1
     assert val(swept, "sandboxd_sessions") == 3

@@ -96,7 +96,7 @@ def test_toolchain_change_clears_the_cache(tmp_path: Path) -> None:
     assert not entry.exists() and not fresh.lookup(fresh.entry_path(recipe, b"int main;"))
 
 
-def test_cache_is_bounded_least_recently_used_first(tmp_path: Path) -> None:
+async def test_cache_is_bounded_least_recently_used_first(tmp_path: Path) -> None:
     src = tmp_path / "out"
     src.mkdir()
     (src / "main").write_bytes(b"x" * 4000)
@@ -108,9 +108,9 @@ def test_cache_is_bounded_least_recently_used_first(tmp_path: Path) -> None:
         paths = []
         for i in range(3):
             p = cache.entry_path(recipe, f"s{i}".encode())
-            assert cache.insert(p, fd, 1 << 20)
+            assert await cache.insert(p, fd, 1 << 20)
             paths.append(p)
-            time.sleep(0.01)
+        await cache.settle()
     finally:
         os.close(fd)
     assert not os.path.exists(paths[0]) and os.path.exists(paths[1]) and os.path.exists(paths[2])
