@@ -101,8 +101,10 @@ async def test_thread_bomb_stops_at_the_pids_limit(client: Any) -> None:
 
 async def test_bash_fork_bomb_is_contained_and_leaves_no_process(client: Any) -> None:
     pids_max = settings_of(client).limits.pids_max
-    body = await run(client, ":(){ :|:& };:\nsleep 2\necho survived", lang="bash", timeout=4000)
-    assert body["status"] in ("ok", "error", "pids_limit", "timeout"), body
+    # The bomb's forks fail at pids.max while the session's own shell stays in control: bash
+    # retries a fork that fails with EAGAIN, so its next command runs and the run ends normally.
+    body = await run(client, ":(){ :|:& };:\nsleep 2\necho survived", lang="bash", timeout=30000)
+    assert body["status"] == "ok" and body["stdout"] == "survived\n", body
     uid = store_of(client).sessions[body["session_id"]].uid
     assert procs_of_uid(uid) == []
     twin = await run(client, f"for i in $(seq {min(20, pids_max // 4)}); do (true) & done; wait; echo ok",
