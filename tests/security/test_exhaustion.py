@@ -162,7 +162,9 @@ async def test_request_timeout_cannot_raise_the_server_wall_limit(make_client: A
     client = await make_client(limits={"wall_timeout_s": 1.5})
     wall = settings_of(client).limits.wall_timeout_s
     body = await run(client, "bash_sleep=1; sleep 30", lang="bash", timeout=3_600_000)
-    assert body["status"] == "timeout" and body["wall_time_ms"] < (wall + 1.0) * 1000, body
+    # Cut at the server's limit, long before the 30 s sleep or the request's hour.
+    assert body["status"] == "timeout" and f"{wall:g} s" in body["message"], body
+    assert wall * 1000 <= body["wall_time_ms"] < 10 * wall * 1000, body
     twin = await run(client, "sleep 0.1; echo ok", lang="bash", timeout=3_600_000)
     assert twin["stdout"] == "ok\n"
     await assert_daemon_fine(client)
@@ -310,10 +312,19 @@ async def test_many_sessions_exhaustion_attempt_keeps_within_sessions_max(make_c
 
 async def test_exhaustion_in_one_session_does_not_stall_a_parallel_one(make_client: Any) -> None:
     client = await make_client(max_concurrent_runs=2)
-    hog = asyncio.ensure_future(run(client, "while True: pass", timeout=4000))
-    await asyncio.sleep(0.5)
-    started = time.monotonic()
+    store = store_of(client)
+    hog_sid = (await run(client, "print('hog session')"))["session_id"]
+    # The hog burns CPU until the test lets it stop, so "other finished while the hog still ran"
+    # is a fact the test observes, not a timing it hopes for.
+    hog = asyncio.ensure_future(run(client, "import os\nwhile not os.path.exists('stop'): pass\nprint('stopped')",
+                                    session_id=hog_sid))
+    deadline = time.monotonic() + 20
+    while store.admission.running < 1 and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert store.admission.running == 1 and not hog.done()
     other = await run(client, "print('responsive')")
-    assert other["stdout"] == "responsive\n" and time.monotonic() - started < 3.0
-    assert (await hog)["status"] == "timeout"
+    assert other["stdout"] == "responsive\n"
+    assert not hog.done()
+    open(store.sessions[hog_sid].path + "/stop", "w").close()
+    assert (await hog)["stdout"] == "stopped\n"
     await assert_daemon_fine(client)
