@@ -113,7 +113,7 @@ async def test_a_cancelled_waiter_leaves_no_count_behind() -> None:
 
 async def test_wait_idle_reports_held_slots_and_then_idleness() -> None:
     adm = Admission(slots=1, queue_max=1, queue_wait_s=1, retry_after_s=1)
-    assert await adm.wait_idle(DEADLINE_S)  # idle: returns at once
+    assert await adm.wait_idle(0)  # idle now: True even with no time to wait (shutdown_drain_s = 0)
     release = asyncio.Event()
     holder = asyncio.ensure_future(hold(adm, release))
     await until(lambda: adm.running == 1)
