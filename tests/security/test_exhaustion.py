@@ -256,10 +256,9 @@ async def test_output_from_a_background_child_after_exit_is_bounded(make_client:
     code = ("import os, sys, time\n"
             "if os.fork() == 0:\n    os.setsid()\n    while True:\n        print('bg', flush=True); time.sleep(0.01)\n"
             "time.sleep(0.2); print('main done')\n")
-    started = time.monotonic()
     body = await run(client, code)
-    assert time.monotonic() - started < settings_of(client).limits.wall_timeout_s
-    assert "main done" in body["stdout"]
+    # Ended with the main program, not held open until the wall limit by the child's output.
+    assert body["status"] == "ok" and "main done" in body["stdout"], body
     assert procs_of_uid(store_of(client).sessions[body["session_id"]].uid) == []
     await assert_daemon_fine(client)
 
