@@ -255,7 +255,8 @@ async def test_stalled_clients_do_not_block_others(client: Any) -> None:
         assert (await client.get("/health")).status == 200
         body = await run(client, "print('not blocked')")
         assert body["stdout"] == "not blocked\n"
-        assert time.monotonic() - started < 5
+        # Blocked behind the stalled bodies it would wait for their 30 s idle timeouts.
+        assert time.monotonic() - started < 20
         assert store_of(client).admission.running == 0
     finally:
         for w in stalled:
