@@ -60,6 +60,8 @@ class Admission:
 
     async def wait_idle(self, timeout_s: float) -> bool:
         """Until no run holds or waits for a slot (True), or timeout_s passed (False)."""
+        if self._idle.is_set():  # wait_for with a 0 s timeout would report False even when idle
+            return True
         try:
             await asyncio.wait_for(self._idle.wait(), timeout=timeout_s)
         except TimeoutError:

@@ -11,6 +11,7 @@ import os
 import msgspec
 
 from .errors import BadRequest
+from .settings import MiB
 
 __all__ = ["Recipe", "SOURCE_DIR", "RECIPES", "ALIASES", "KNOWN_LANGS", "resolve"]
 
@@ -42,9 +43,6 @@ class Recipe(msgspec.Struct, frozen=True, kw_only=True):
     # missing the language answers 400 naming it, instead of a jail that fails to launch.
     requires: tuple[str, ...] = ()
 
-    def available(self) -> bool:
-        return all(os.access(path, os.X_OK) for path in self.requires)
-
     def missing(self) -> list[str]:
         return [path for path in self.requires if not os.access(path, os.X_OK)]
 
@@ -62,7 +60,6 @@ class Recipe(msgspec.Struct, frozen=True, kw_only=True):
         return [part.replace("{src}", src).replace("{memory_max_bytes}", memory) for part in parts]
 
 
-MiB = 1024 * 1024
 NODE = "/usr/bin/node"
 # tsx (exact version pinned in scripts/setup-host.sh), bound read-only by the node profile.
 TSX_CLI = "/opt/sandboxd/node-tools/node_modules/tsx/dist/cli.mjs"
@@ -170,7 +167,7 @@ def resolve(lang: str) -> Recipe:
     key = ALIASES.get(key, key)
     recipe = RECIPES.get(key)
     # Checked per request (a few stat calls): installing a toolchain needs no restart.
-    if recipe is not None and recipe.available():
+    if recipe is not None and not recipe.missing():
         return recipe
     if key in KNOWN_LANGS:
         raise BadRequest(f"Unsupported language: {lang} (its runtime is not installed on this server)")

@@ -61,7 +61,7 @@ def _scalar(kind: str, tok: str) -> Value:
 
 def parse(text: str) -> Message:
     toks = _tokens(text)
-    msg, pos = _message(toks, 0, top=True)
+    msg, _ = _message(toks, 0, top=True)
     return msg
 
 

@@ -320,7 +320,7 @@ class Runner:
             # wait until every task of the run is reaped, not just dead.
             await _kill(cg)
             await _until_released(cg)
-            done, pending = await asyncio.wait(pumps, timeout=DRAIN_AFTER_EXIT_S)
+            _, pending = await asyncio.wait(pumps, timeout=DRAIN_AFTER_EXIT_S)
             for task in pending:
                 task.cancel()
         finally:

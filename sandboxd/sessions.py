@@ -91,7 +91,6 @@ class Known(NamedTuple):
     file_id: str
     storage_session_id: str
     sig: Sig
-    is_input: bool
 
 
 @dataclass(eq=False)
@@ -101,7 +100,6 @@ class Session:
     uid: int
     path: str
     fd: int
-    created_at: float
     last_used: float
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     known: dict[str, Known] = field(default_factory=dict)
@@ -206,7 +204,7 @@ class SessionStore:
     def _add(self, owner: str, uid: int, path: str, fd: int) -> Session:
         now = time.time()
         sid = new_id()
-        s = Session(id=sid, owner=owner, uid=uid, path=path, fd=fd, created_at=now, last_used=now)
+        s = Session(id=sid, owner=owner, uid=uid, path=path, fd=fd, last_used=now)
         self.sessions[sid] = s
         log.info("session %s created (uid %d)", redact(sid), uid)
         return s
@@ -341,7 +339,7 @@ class SessionStore:
                        modified_at=time.time())
         s.files[f.id] = f
         self.files[f.id] = f
-        s.known[name] = Known(f.id, s.id, sig, is_input=False)
+        s.known[name] = Known(f.id, s.id, sig)
         return f
 
     def _retire(self, s: Session, fid: str) -> None:
@@ -615,7 +613,7 @@ class SessionStore:
                 if Sig.of(os.fstat(src)) != f.sig:  # changed while we copied
                     placed.append((name, None))  # the name holds neither the old nor this version
                     raise InputsUnavailable("One or more input files are unavailable")
-                placed.append((name, Known(f.id, f.session.id, dst_sig, is_input=True)))
+                placed.append((name, Known(f.id, f.session.id, dst_sig)))
             finally:
                 os.close(src)
 

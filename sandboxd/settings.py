@@ -30,8 +30,6 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     """Per-run limits. cgroups enforce memory, pids and CPU; nsjail and the daemon enforce time."""
 
     wall_timeout_s: Annotated[float, Meta(gt=0, le=3600)] = 30.0
-    # Extra time the daemon waits beyond nsjail's own time limit before it kills the cgroup.
-    kill_grace_s: Annotated[float, Meta(gt=0, le=60)] = 2.0
     memory_max_bytes: Annotated[int, Meta(ge=16 * MiB)] = 512 * MiB
     pids_max: Annotated[int, Meta(ge=8, le=65536)] = 128
     cpu_max_cores: Annotated[float, Meta(gt=0, le=256)] = 1.0

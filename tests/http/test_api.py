@@ -204,8 +204,11 @@ async def test_api_key_mode_requires_a_valid_key(make_client: Any) -> None:
 
 async def test_busy_slots_answer_429_with_retry_after(make_client: Any) -> None:
     client = await make_client(max_concurrent_runs=1, queue_wait_s=0.3)
+    store = client.server.app[__import__("sandboxd.http", fromlist=["STORE"]).STORE]
     slow = asyncio.ensure_future(client.post("/exec", json={"lang": "bash", "code": "sleep 2; echo done"}))
-    await asyncio.sleep(0.5)
+    deadline = asyncio.get_running_loop().time() + 20
+    while store.admission.running < 1 and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.02)  # poll until the slow run holds the only slot
     resp = await client.post("/exec", json={"lang": "py", "code": "print(1)"})
     assert resp.status == 429
     body = await resp.json()

@@ -67,9 +67,10 @@ async def test_error_exit_is_200_with_traceback(client: Any) -> None:
 async def test_programs_behave_as_on_an_ordinary_machine_not_as_pid_1(client: Any) -> None:
     # As the namespace's pid 1 a program would ignore its own default-action signals and
     # collect every orphan as a zombie; tini runs as pid 1 instead.
-    alarm = await run(client, "import signal, time\nsignal.alarm(1)\ntime.sleep(5)\nprint('not reached')")
-    assert alarm["signal"] == "SIGALRM" and "not reached" not in alarm["stdout"]
-    assert alarm["wall_time_ms"] < 3000
+    alarm = await run(client, "import signal, time\nsignal.alarm(1)\ntime.sleep(60)\nprint('not reached')")
+    # Its own SIGALRM ended it, not the wall limit (that would be a timeout and SIGKILL).
+    assert alarm["status"] == "error" and alarm["signal"] == "SIGALRM", alarm
+    assert "not reached" not in alarm["stdout"]
     orphans = await run(client, (
         "import os, time, subprocess\n"
         "procs = [subprocess.Popen(['sh', '-c', 'sleep 0.05 & exit 0']) for _ in range(20)]\n"
@@ -167,10 +168,11 @@ async def test_memory_bomb_is_oom_with_the_limit_named(client: Any) -> None:
 
 async def test_fork_bomb_is_contained(client: Any) -> None:
     pids_max = settings_of(client).limits.pids_max
-    body = await run(client, "import os\nwhile True:\n    os.fork()\n", timeout=5000)
-    assert body["status"] in ("pids_limit", "timeout"), body
-    if body["status"] == "pids_limit":
-        assert str(pids_max) in body["message"]
+    # The first process's fork fails with EAGAIN once pids.max is reached; its exit ends the jail.
+    body = await run(client, "import os\nwhile True:\n    os.fork()\n", timeout=30000)
+    assert body["status"] == "pids_limit", body
+    assert body["message"] == f"process limit {pids_max} reached", body
+    assert procs_of_uid(client.server.app[STORE].sessions[body["session_id"]].uid) == []
     twin = await run(client, "import subprocess\nfor i in range(10):\n    subprocess.run(['true'])\nprint('ok')")
     assert twin["stdout"] == "ok\n"
     assert (await client.get("/health")).status == 200
@@ -181,7 +183,9 @@ async def test_infinite_loop_times_out_within_the_limit(client: Any) -> None:
     body = await run(client, "while True:\n    pass\n", timeout=2000)
     elapsed = time.monotonic() - started
     assert body["status"] == "timeout" and "2 s" in body["message"]
-    assert 2.0 <= elapsed < 3.5 and 1900 <= body["wall_time_ms"] < 3000
+    # Not before the limit; the upper bounds only catch a kill that never comes (a loaded
+    # 2-core machine may be late by seconds, never by ten times the limit).
+    assert 2000 <= body["wall_time_ms"] < 10 * 2000 and elapsed < 10 * 2.0, (body, elapsed)
     twin = await run(client, "import time; time.sleep(0.5); print('done')", timeout=2000)
     assert twin["status"] == "ok" and twin["stdout"] == "done\n"
 
@@ -189,7 +193,9 @@ async def test_infinite_loop_times_out_within_the_limit(client: Any) -> None:
 async def test_server_wall_limit_applies_without_request_timeout(make_client: Any) -> None:
     client = await make_client(limits={"wall_timeout_s": 1.5})
     body = await run(client, "import time; time.sleep(60)", timeout=600000)  # may only lower
-    assert body["status"] == "timeout" and body["wall_time_ms"] < 2500
+    # The 60 s sleep was cut at the server's 1.5 s, not at the request's 600 s.
+    assert body["status"] == "timeout" and "1.5 s" in body["message"], body
+    assert 1500 <= body["wall_time_ms"] < 10 * 1500, body
 
 
 async def test_daemonized_grandchild_does_not_survive(client: Any) -> None:
@@ -267,13 +273,19 @@ async def test_network_to_the_daemon_port_fails_from_inside(client: Any) -> None
 
 
 async def test_uid_outside_the_jail_is_not_root(client: Any) -> None:
-    task = asyncio.ensure_future(client.post("/exec", json={
-        "lang": "py", "code": "import time, os\nprint(open('/proc/self/uid_map').read().split())\ntime.sleep(1.5)"}))
-    await asyncio.sleep(0.8)
+    # The run waits for a file the test creates, so the test sees it alive without guessing when.
+    sid = (await run(client, "print('session')"))["session_id"]
     store = client.server.app[STORE]
-    jailed = []
-    for s in list(store.sessions.values()):
-        jailed += procs_of_uid(s.uid)
+    session = store.sessions[sid]
+    task = asyncio.ensure_future(client.post("/exec", json={"lang": "py", "session_id": sid, "code": (
+        "import time, os\nprint(open('/proc/self/uid_map').read().split())\n"
+        "while not os.path.exists('go'):\n    time.sleep(0.02)\n")}))
+    jailed: list[tuple[int, Any]] = []
+    deadline = time.monotonic() + 20
+    while not jailed and time.monotonic() < deadline and not task.done():
+        await asyncio.sleep(0.02)
+        jailed = procs_of_uid(session.uid)
+    open(os.path.join(session.path, "go"), "w").close()
     body = await (await task).json()
     assert jailed, "the jailed process was not visible from the host"
     for _, uids in jailed:
@@ -330,8 +342,11 @@ async def test_client_disconnect_kills_and_reaps_the_run(client: Any) -> None:
         await asyncio.wait_for(client.post("/exec", json={"lang": "bash", "code": "sleep 20"}), timeout=1.0)
     except asyncio.TimeoutError:
         pass
-    await asyncio.sleep(1.0)
     new = [store.sessions[s] for s in set(store.sessions) - before]
+    deadline = time.monotonic() + 20  # the kill and reap follow the disconnect; poll, not sleep
+    while time.monotonic() < deadline and (store.admission.running or store.runner._live
+                                           or any(procs_of_uid(s.uid) for s in new)):
+        await asyncio.sleep(0.02)
     for s in new:
         assert procs_of_uid(s.uid) == []
     assert store.admission.running == 0
@@ -342,10 +357,9 @@ async def test_client_disconnect_kills_and_reaps_the_run(client: Any) -> None:
 
 async def test_output_flood_is_killed_with_output_limit(make_client: Any) -> None:
     client = await make_client(limits={"stream_kill_bytes": 4 * MiB, "stream_keep_bytes": 64 * 1024})
-    started = time.monotonic()
     body = await run(client, "import sys\nwhile True:\n    sys.stdout.write('z' * 65536)\n")
+    # The endless flood ended by the output kill, not by the wall limit.
     assert body["status"] == "output_limit" and "4 MiB" in body["message"]
-    assert time.monotonic() - started < 10
     assert len(body["stdout"]) <= 64 * 1024 + 200
     twin = await run(client, f"print('q' * {2 * MiB})")
     assert twin["status"] == "ok"

@@ -17,17 +17,12 @@ from typing import Any
 import pytest
 
 from sandboxd.languages import RECIPES
-from sandboxd.settings import Settings, load_settings
+from sandboxd.settings import load_settings
 
 from tests.conftest import JAIL_CONFIGS, LiveDaemon, procs_in_uid_range, state_dir_for
 from tests.security.conftest import UID_BLOCK, unique_uid_base
 
 pytestmark = pytest.mark.jail
-
-
-def jail_processes() -> list[int]:
-    defaults = Settings()
-    return procs_in_uid_range(defaults.uid_base, defaults.uid_count)
 
 
 def _post_exec(url: str, code: str, timeout_s: float = 120) -> tuple[int, dict[str, Any]]:
@@ -133,10 +128,11 @@ def test_a_second_sigterm_ends_the_drain_at_once(tmp_path: Path) -> None:
 
 
 def test_crash_leftovers_are_cleaned_by_the_next_start(tmp_path: Path) -> None:
-    first = LiveDaemon(tmp_path)
+    base = unique_uid_base()  # its own range: another test run's jails are not this one's
+    first = LiveDaemon(tmp_path, uid_base=base, uid_count=UID_BLOCK)
     t = threading.Thread(target=lambda: _swallow(first.exec, "sleep 25", "bash"))
     t.start()
-    time.sleep(1.0)
+    _until(lambda: procs_in_uid_range(base, UID_BLOCK), "the run did not start")
     first.crash()
     t.join(timeout=10)
     mounts, cgroups = first.leftovers()
@@ -147,10 +143,8 @@ def test_crash_leftovers_are_cleaned_by_the_next_start(tmp_path: Path) -> None:
     try:
         mounts, cgroups = first.leftovers(running=True)
         assert cgroups == [] and mounts == []
-        deadline = time.monotonic() + 5
-        while jail_processes() and time.monotonic() < deadline:
-            time.sleep(0.1)  # killed jails are reaped by the host's init
-        assert jail_processes() == []
+        # Killed jails are reaped by the host's init: poll until they are gone.
+        _until(lambda: procs_in_uid_range(base, UID_BLOCK) == [], "jailed processes survived the restart")
         assert first.exec("print('after crash')")["stdout"] == "after crash\n"
     finally:
         assert first.stop() == 0
@@ -168,7 +162,8 @@ def test_doctor_passes_here_and_names_what_is_missing(tmp_path: Path) -> None:
     good = tmp_path / "good.toml"
     # Its own cgroup name: doctor's probe groups must not meet another test run's on this host.
     good.write_text(f'state_dir = "{state_dir_for(tmp_path)}"\njail_configs_dir = "{JAIL_CONFIGS}"\n'
-                    f'cgroup_name = "sandboxd-doctor-test-{os.getpid()}"\n')
+                    f'cgroup_name = "sandboxd-doctor-test-{os.getpid()}"\n'
+                    f'uid_base = {unique_uid_base()}\nuid_count = {UID_BLOCK}\n')
     ok = subprocess.run([sys.executable, "-m", "sandboxd", "doctor", "--config", str(good)],
                         capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stdout + ok.stderr

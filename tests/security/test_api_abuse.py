@@ -105,7 +105,8 @@ async def test_header_name_case_is_irrelevant_but_the_key_is_exact(keyed: Any, h
 
 async def test_oversized_key_header_is_rejected_without_error(keyed: Any) -> None:
     resp = await keyed.get("/files/" + "A" * 21, headers={"X-API-Key": "k" * 100_000})
-    assert resp.status in (400, 401, 413, 431), resp.status
+    # aiohttp's parser refuses a header line over its 8190-byte limit before any handler runs.
+    assert resp.status == 400, (resp.status, await resp.text())
     assert (await keyed.get("/health")).status == 200
 
 
@@ -124,7 +125,7 @@ MALFORMED = {
     "nul_in_code": (b'{"lang":"py","code":"print(1)\\u0000"}', 400),
     "nul_in_args": (b'{"lang":"py","code":"1","args":["a\\u0000b"]}', 400),
     "too_many_args": (json.dumps({"lang": "py", "code": "1", "args": ["a"] * 5000}).encode(), 400),
-    "lone_surrogate": (b'{"lang":"py","code":"print(\'\\ud800\')"}', 400),
+    "lone_surrogate": (b'{"lang":"py","code":"print(\'\\ud800\')"}', 400),  # no UTF-8 form: refused, never run
     "deeply_nested": (b'{"lang":"py","code":"1","x":' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400),
     "deeply_nested_unclosed": (b"[" * 1_000_000, 400),
     "bad_file_ref": (b'{"lang":"py","code":"1","files":[{"id":"../../etc/passwd","name":"x"}]}', 422),
@@ -143,8 +144,6 @@ async def test_malformed_exec_body_is_a_clean_4xx(client: Any, kind: str) -> Non
     payload, expected = MALFORMED[kind]
     resp = await client.post("/exec", data=payload, headers={"Content-Type": "application/json"})
     text = await resp.text()
-    if kind == "lone_surrogate":  # refusing it or running it are both fine; a 500 is not
-        expected = resp.status if resp.status in (200, 400) else 400
     assert resp.status == expected, (resp.status, text[:500])
     body = json.loads(text)
     if expected >= 400:
@@ -169,7 +168,8 @@ async def test_oversized_bodies_are_413(make_client: Any) -> None:
     assert resp.status == 413
     code = "x = 1\n" + "#" * storage.code_max_bytes
     resp = await client.post("/exec", json={"lang": "py", "code": code})
-    assert resp.status in (400, 413)
+    # The body fits json_body_max_bytes; the code field over its own limit is a bad request.
+    assert resp.status == 400, (resp.status, await resp.text())
     form = aiohttp.FormData()
     form.add_field("file", b"u" * (storage.upload_max_bytes + 1), filename="big.bin")
     resp = await client.post("/upload", data=form)
@@ -255,7 +255,8 @@ async def test_stalled_clients_do_not_block_others(client: Any) -> None:
         assert (await client.get("/health")).status == 200
         body = await run(client, "print('not blocked')")
         assert body["stdout"] == "not blocked\n"
-        assert time.monotonic() - started < 5
+        # Blocked behind the stalled bodies it would wait for their 30 s idle timeouts.
+        assert time.monotonic() - started < 20
         assert store_of(client).admission.running == 0
     finally:
         for w in stalled:

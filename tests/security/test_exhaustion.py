@@ -20,6 +20,11 @@ from ._util import assert_daemon_fine, jail_json, run, settings_of, store_of, tm
 pytestmark = pytest.mark.jail
 
 
+# How long after the wall limit a reply may come on a loaded 2-core machine; a tree that
+# escaped the kill would hold the request far longer.
+LATE_REPLY_BOUND_S = 15.0
+
+
 def procs_of_uid(uid: int) -> list[int]:
     found = []
     for p in psutil.process_iter(["uids"]):
@@ -96,8 +101,10 @@ async def test_thread_bomb_stops_at_the_pids_limit(client: Any) -> None:
 
 async def test_bash_fork_bomb_is_contained_and_leaves_no_process(client: Any) -> None:
     pids_max = settings_of(client).limits.pids_max
-    body = await run(client, ":(){ :|:& };:\nsleep 2\necho survived", lang="bash", timeout=4000)
-    assert body["status"] in ("ok", "error", "pids_limit", "timeout"), body
+    # The bomb's forks fail at pids.max while the session's own shell stays in control: bash
+    # retries a fork that fails with EAGAIN, so its next command runs and the run ends normally.
+    body = await run(client, ":(){ :|:& };:\nsleep 2\necho survived", lang="bash", timeout=30000)
+    assert body["status"] == "ok" and body["stdout"] == "survived\n", body
     uid = store_of(client).sessions[body["session_id"]].uid
     assert procs_of_uid(uid) == []
     twin = await run(client, f"for i in $(seq {min(20, pids_max // 4)}); do (true) & done; wait; echo ok",
@@ -142,7 +149,9 @@ async def test_sigterm_ignoring_process_tree_dies_at_the_wall_limit(make_client:
     body = await run(client, code)
     elapsed = time.monotonic() - started
     assert body["status"] == "timeout", body
-    assert wall <= elapsed < wall + settings_of(client).limits.kill_grace_s + 1.5
+    # Functional: the reply came after the limit, and not unboundedly later (the tree ignoring
+    # SIGTERM would otherwise keep the request open forever); the bound is for a loaded host.
+    assert wall <= elapsed < wall + LATE_REPLY_BOUND_S, elapsed
     assert procs_of_uid(store_of(client).sessions[body["session_id"]].uid) == []
     twin = await run(client, "import time; time.sleep(0.2); print('in time')")
     assert twin["stdout"] == "in time\n"
@@ -153,7 +162,9 @@ async def test_request_timeout_cannot_raise_the_server_wall_limit(make_client: A
     client = await make_client(limits={"wall_timeout_s": 1.5})
     wall = settings_of(client).limits.wall_timeout_s
     body = await run(client, "bash_sleep=1; sleep 30", lang="bash", timeout=3_600_000)
-    assert body["status"] == "timeout" and body["wall_time_ms"] < (wall + 1.0) * 1000, body
+    # Cut at the server's limit, long before the 30 s sleep or the request's hour.
+    assert body["status"] == "timeout" and f"{wall:g} s" in body["message"], body
+    assert wall * 1000 <= body["wall_time_ms"] < 10 * wall * 1000, body
     twin = await run(client, "sleep 0.1; echo ok", lang="bash", timeout=3_600_000)
     assert twin["stdout"] == "ok\n"
     await assert_daemon_fine(client)
@@ -245,10 +256,9 @@ async def test_output_from_a_background_child_after_exit_is_bounded(make_client:
     code = ("import os, sys, time\n"
             "if os.fork() == 0:\n    os.setsid()\n    while True:\n        print('bg', flush=True); time.sleep(0.01)\n"
             "time.sleep(0.2); print('main done')\n")
-    started = time.monotonic()
     body = await run(client, code)
-    assert time.monotonic() - started < settings_of(client).limits.wall_timeout_s
-    assert "main done" in body["stdout"]
+    # Ended with the main program, not held open until the wall limit by the child's output.
+    assert body["status"] == "ok" and "main done" in body["stdout"], body
     assert procs_of_uid(store_of(client).sessions[body["session_id"]].uid) == []
     await assert_daemon_fine(client)
 
@@ -301,10 +311,19 @@ async def test_many_sessions_exhaustion_attempt_keeps_within_sessions_max(make_c
 
 async def test_exhaustion_in_one_session_does_not_stall_a_parallel_one(make_client: Any) -> None:
     client = await make_client(max_concurrent_runs=2)
-    hog = asyncio.ensure_future(run(client, "while True: pass", timeout=4000))
-    await asyncio.sleep(0.5)
-    started = time.monotonic()
+    store = store_of(client)
+    hog_sid = (await run(client, "print('hog session')"))["session_id"]
+    # The hog burns CPU until the test lets it stop, so "other finished while the hog still ran"
+    # is a fact the test observes, not a timing it hopes for.
+    hog = asyncio.ensure_future(run(client, "import os\nwhile not os.path.exists('stop'): pass\nprint('stopped')",
+                                    session_id=hog_sid))
+    deadline = time.monotonic() + 20
+    while store.admission.running < 1 and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert store.admission.running == 1 and not hog.done()
     other = await run(client, "print('responsive')")
-    assert other["stdout"] == "responsive\n" and time.monotonic() - started < 3.0
-    assert (await hog)["status"] == "timeout"
+    assert other["stdout"] == "responsive\n"
+    assert not hog.done()
+    open(store.sessions[hog_sid].path + "/stop", "w").close()
+    assert (await hog)["stdout"] == "stopped\n"
     await assert_daemon_fine(client)

@@ -161,20 +161,14 @@ async def test_hundred_thousand_files_reply_stays_bounded(make_client: Any) -> N
     cap = settings_of(client).limits.output_files_max
     code = ("import os\nfor i in range(100_000):\n    os.close(os.open(f'f{i:06d}.txt', os.O_CREAT | os.O_WRONLY))\n"
             "print(len(os.listdir('.')))\n")
-    started = time.monotonic()
     body = await run(client, code, timeout=60000)
-    reply_s = time.monotonic() - started
-    assert body["stdout"] == "100000\n", body
+    assert body["status"] == "ok" and body["stdout"] == "100000\n", body
     assert len(body["files"]) <= cap
-    assert reply_s < 30, reply_s
-    health_started = time.monotonic()
     assert (await client.get("/health")).status == 200
-    assert time.monotonic() - health_started < 2
     listing = await client.get(f"/files/{body['session_id']}?detail=summary")
     assert listing.status == 200 and len(await listing.json()) <= cap
-    again = time.monotonic()
     second = await run(client, "print(len(os.listdir('.')))".join(["import os\n", ""]), session_id=body["session_id"])
-    assert second["stdout"] == "100000\n" and time.monotonic() - again < 30
+    assert second["status"] == "ok" and second["stdout"] == "100000\n", second
     await assert_daemon_fine(client)
 
 
@@ -196,10 +190,10 @@ async def test_file_swapped_by_a_later_run_is_not_served(client: Any, kind: str)
     swap = await run(client, "import os\nos.remove('out.txt')\n" + REPLACEMENTS[kind] + "\nprint('swapped')",
                      session_id=sid)
     assert swap["stdout"] == "swapped\n" and swap["session_id"] == sid
-    started = time.monotonic()
-    resp = await asyncio.wait_for(client.get(f"/download/{sid}/{fid}"), timeout=5)
-    assert resp.status == 404 and time.monotonic() - started < 2
-    assert (await client.get(f"/sessions/{sid}/objects/{fid}")).status in (200, 404)
+    # A FIFO without writer would block an open(); the bound catches that, not a slow host.
+    resp = await asyncio.wait_for(client.get(f"/download/{sid}/{fid}"), timeout=20)
+    assert resp.status == 404
+    assert (await client.get(f"/sessions/{sid}/objects/{fid}")).status == 404
     twin = await run(client, "open('fresh.txt','w').write('fresh')", session_id=sid)
     f = [x for x in twin["files"] if x["name"] == "fresh.txt"][0]
     assert await (await client.get(f"/download/{sid}/{f['id']}")).read() == b"fresh"
@@ -257,15 +251,15 @@ async def test_input_placement_never_follows_a_planted_symlink(client: Any, tmp_
     sid = plant["session_id"]
     ref = [{"id": src_fid, "name": "evil/pwned.txt", "storage_session_id": src_sid}]
     resp = await client.post("/exec", json={"lang": "py", "session_id": sid, "files": ref, "code": "print(1)"})
-    assert resp.status in (400, 422), await resp.text()
+    # A bad request (the name does not resolve to a directory of the session), not a missing input.
+    assert resp.status == 400, await resp.text()
     assert os.listdir(target) == []
-    # The symlink's own name as the input name: the link is replaced (or refused), never followed.
+    # The symlink's own name as the input name: the link itself is replaced, never followed.
     ref = [{"id": src_fid, "name": "evil", "storage_session_id": src_sid}]
     resp = await client.post("/exec", json={"lang": "py", "session_id": sid, "files": ref, "code": (
         "import os; print(os.path.islink('evil'), os.path.isfile('evil') and open('evil').read())")})
-    assert resp.status in (200, 400, 422), await resp.text()
-    if resp.status == 200:
-        assert (await resp.json())["stdout"] == "False payload\n"
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["stdout"] == "False payload\n"
     assert os.listdir(target) == []
     for bad in ("../../pwned.txt", "/tmp/pwned.txt", "a/../../pwned.txt", "evil/../../pwned.txt"):
         ref = [{"id": src_fid, "name": bad, "storage_session_id": src_sid}]
