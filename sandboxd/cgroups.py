@@ -34,6 +34,8 @@ __all__ = [
     "v2_limit_files",
     "parse_keyed",
     "parse_self_cgroup_v2",
+    "v2_is_delegated",
+    "needs_delegated_scope",
 ]
 
 CGROUP_ROOT = "/sys/fs/cgroup"
@@ -74,6 +76,32 @@ def parse_self_cgroup_v2(text: str) -> str:
         if line.startswith("0::"):
             return line[3:] or "/"
     raise ConfigError("no cgroup v2 entry in /proc/self/cgroup")
+
+
+def v2_is_delegated(path: str, self_cgroup: str) -> bool:
+    """Whether the cgroup at `path` is ours to manage. systemd marks every cgroup it delegates
+    (Delegate=yes on a service or scope) with the `trusted.delegate` xattr (`user.delegate`
+    from v253). At "/" as seen from here, a container engine gave us a private cgroup
+    namespace. Anything else belongs to systemd or to whoever started us: writing there (or
+    moving its processes into a child) would corrupt their bookkeeping."""
+    if self_cgroup == "/":
+        return True
+    for attr in ("trusted.delegate", "user.delegate"):
+        try:
+            if os.getxattr(path, attr) == b"1":
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def needs_delegated_scope(root: str = CGROUP_ROOT) -> bool:
+    """True on cgroup v2 when this process's own cgroup was not delegated to it (a login
+    shell, an installer's unit): one-off commands must then run from a delegated scope."""
+    if not os.path.exists(os.path.join(root, "cgroup.controllers")):
+        return False
+    own = parse_self_cgroup_v2(Path("/proc/self/cgroup").read_text())
+    return not v2_is_delegated(os.path.normpath(os.path.join(root, own.lstrip("/"))), own)
 
 
 def _cpu_quota_us(cores: float) -> int:
@@ -308,6 +336,7 @@ class CgroupV2:
         if self_cgroup is None:
             self_cgroup = parse_self_cgroup_v2(Path("/proc/self/cgroup").read_text())
         self.root = root
+        self.self_cgroup = self_cgroup
         self.base = os.path.normpath(os.path.join(root, self_cgroup.lstrip("/")))
         self.jails = os.path.join(self.base, name)
 
@@ -315,6 +344,12 @@ class CgroupV2:
         return f"cgroup v2: {self.jails}"
 
     def setup(self) -> None:
+        # Checked before anything is written: setup moves every process of this group.
+        if not v2_is_delegated(self.base, self.self_cgroup):
+            raise ConfigError(
+                f"cgroup {self.self_cgroup} was not delegated to sandboxd: run it as the shipped "
+                "systemd unit (Delegate=yes), or under `systemd-run --scope -p Delegate=yes`"
+            )
         want = set(V2_CONTROLLERS)
         available = set(_read(os.path.join(self.base, "cgroup.controllers")).split())
         if not want <= available:

@@ -2,6 +2,7 @@
 exercised on hosts without a unified hierarchy, so its file handling is checked here against
 a directory tree laid out like a delegated cgroup v2 subtree."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -56,8 +57,32 @@ def _fake_v2(tmp_path: Path, controllers: str) -> Path:
     return base
 
 
+def _delegate(base: Path) -> None:
+    """What systemd does to a cgroup it delegates (Delegate=yes): mark it with an xattr."""
+    try:
+        os.setxattr(base, "user.delegate", b"1")
+    except OSError as exc:
+        pytest.skip(f"no user xattrs on {base}: {exc}")
+
+
+def test_v2_setup_refuses_an_undelegated_group_before_writing_anything(tmp_path: Path) -> None:
+    base = _fake_v2(tmp_path, "cpu memory pids\n")  # controllers available, but not delegated
+    cg = CgroupV2("jails", root=str(tmp_path), self_cgroup="/system.slice/sandboxd.service")
+    with pytest.raises(ConfigError, match="not delegated"):
+        cg.setup()
+    assert sorted(p.name for p in base.iterdir()) == ["cgroup.controllers", "cgroup.procs", "cgroup.subtree_control"]
+    assert (base / "cgroup.procs").read_text() == "4242\n" and (base / "cgroup.subtree_control").read_text() == ""
+    _delegate(base)  # the twin: the same group, delegated, is set up
+    (base / "jails").mkdir()
+    (base / "jails" / "cgroup.subtree_control").write_text("")
+    (base / "supervisor").mkdir()
+    (base / "supervisor" / "cgroup.procs").write_text("")
+    cg.setup()
+    assert (base / "supervisor" / "cgroup.procs").read_text() == "4242"
+
+
 def test_v2_setup_refuses_without_delegated_controllers(tmp_path: Path) -> None:
-    _fake_v2(tmp_path, "cpu\n")
+    _delegate(_fake_v2(tmp_path, "cpu\n"))
     cg = CgroupV2("sandboxd", root=str(tmp_path), self_cgroup="/system.slice/sandboxd.service")
     with pytest.raises(ConfigError, match="Delegate=yes"):
         cg.setup()
@@ -65,6 +90,7 @@ def test_v2_setup_refuses_without_delegated_controllers(tmp_path: Path) -> None:
 
 def test_v2_setup_enables_controllers_and_places_runs_under_own_child(tmp_path: Path) -> None:
     base = _fake_v2(tmp_path, "cpu memory pids\n")
+    _delegate(base)
     cg = CgroupV2("jails", root=str(tmp_path), self_cgroup="/system.slice/sandboxd.service")
     # A real cgroupfs creates the interface files itself; mkdir here only makes directories.
     jails = base / "jails"
@@ -87,3 +113,4 @@ def test_detect_prefers_v2_when_unified_root(tmp_path: Path) -> None:
 def test_detect_refuses_without_cgroups(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         detect_cgroups("x", root=str(tmp_path))
+
