@@ -51,7 +51,7 @@ class CgroupLimits(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class CgroupStats(msgspec.Struct, frozen=True, kw_only=True):
-    memory_peak_bytes: int = 0
+    memory_peak_bytes: int | None = None  # None: the kernel keeps no peak (v2 before 5.19)
     oom_kills: int = 0
     pids_limit_hits: int = 0
     cpu_time_ns: int = 0
@@ -301,9 +301,9 @@ class _V2Run:
         return (os.path.join(self.path, "cgroup.procs"),)
 
     def stats(self) -> CgroupStats:
-        peak = _read_int(os.path.join(self.path, "memory.peak"))
-        if not peak:  # kernels before 5.19 have no memory.peak
-            peak = _read_int(os.path.join(self.path, "memory.current"))
+        # Kernels before 5.19 have no memory.peak; memory.current after the run is no peak.
+        peak_file = os.path.join(self.path, "memory.peak")
+        peak = _read_int(peak_file) if os.path.exists(peak_file) else None
         cpu = parse_keyed(_read(os.path.join(self.path, "cpu.stat")))
         return CgroupStats(
             memory_peak_bytes=peak,

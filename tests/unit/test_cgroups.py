@@ -114,3 +114,18 @@ def test_detect_refuses_without_cgroups(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         detect_cgroups("x", root=str(tmp_path))
 
+
+def test_v2_peak_is_none_without_memory_peak_and_counters_come_from_event_files(tmp_path: Path) -> None:
+    from sandboxd.cgroups import _V2Run
+
+    run = tmp_path / "run-x"
+    run.mkdir()
+    (run / "memory.current").write_text("1048576\n")  # after the run: not a peak
+    (run / "memory.events").write_text("low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n")
+    (run / "pids.events").write_text("max 2\n")
+    (run / "cpu.stat").write_text("usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n")
+    stats = _V2Run(str(run)).stats()
+    assert stats.memory_peak_bytes is None  # kernels before 5.19: unknown, never a guess
+    assert (stats.oom_kills, stats.pids_limit_hits, stats.cpu_time_ns) == (1, 2, 1_500_000)
+    (run / "memory.peak").write_text("7340032\n")
+    assert _V2Run(str(run)).stats().memory_peak_bytes == 7340032
