@@ -3,7 +3,8 @@
 # systemd as PID 1, the unified cgroup hierarchy, the guest's own kernel and initrd, and every
 # Debian package scripts/setup-host.sh installs (the guest has no network, so the README's
 # install command must find them present). Packages go into the root filesystem here on the
-# host, through chroot: emulated, the same work is about 25 times slower.
+# host, through chroot: emulated, the same work is about 25 times slower. So does the npm
+# cache for the tsx version setup-host.sh pins (the guest installs it offline).
 #
 # Prints the image directory (disk.raw, vmlinuz, initrd.img) on stdout. The cache lives outside
 # the checkout, keyed by a hash of every build input; other keys are removed after a build.
@@ -41,7 +42,9 @@ boot_pkgs=(systemd systemd-sysv udev dbus kmod linux-image-amd64 initramfs-tools
 extra_pkgs=(npm iproute2 psmisc)
 
 key=$( {
-  cat "${BASH_SOURCE[0]}" "$HERE/guest-entry.sh" "$REPO/scripts/host-packages.sh" "${apt_sources[@]}"
+  cat "${BASH_SOURCE[0]}" "$HERE/guest-entry.sh" "$REPO/scripts/host-packages.sh" "${apt_sources[@]}" \
+    /etc/apt/apt.conf.d/*
+  grep '^TSX_VERSION=' "$REPO/scripts/setup-host.sh"
   echo "$mirror $SUITE $DISK_SIZE ${boot_pkgs[*]} ${extra_pkgs[*]}"
 } | sha256sum | cut -c1-16)
 image="$CACHE_ROOT/$key"
@@ -58,10 +61,10 @@ mounted=()
 cleanup() {
   local m
   for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do m=${mounted[$i]}; umount "$m" 2>/dev/null || umount -l "$m" || true; done
-  rm -rf "$work"
+  rm -rf --one-file-system "$work"  # never into a bind mount that failed to unmount
 }
 trap cleanup EXIT
-rm -rf "$work"
+rm -rf --one-file-system "$work"
 mkdir -p "$work"
 start=$SECONDS
 log() { echo "build-image: [$((SECONDS - start)) s] $*" >&2; }
@@ -73,7 +76,7 @@ debootstrap --variant=minbase --include="$(IFS=,; echo "${boot_pkgs[*]}")" "$SUI
 # apt inside the chroot: the host's own sources; no daemon may start during the install.
 rm -f "$rootfs/etc/apt/sources.list"
 for f in "${apt_sources[@]}"; do cp "$f" "$rootfs$f"; done
-[ -f /etc/apt/apt.conf.d/99artifact-registry ] && cp /etc/apt/apt.conf.d/99artifact-registry "$rootfs/etc/apt/apt.conf.d/"
+cp /etc/apt/apt.conf.d/* "$rootfs/etc/apt/apt.conf.d/"  # e.g. a snapshot archive's date checks
 printf '#!/bin/sh\nexit 101\n' >"$rootfs/usr/sbin/policy-rc.d"
 chmod 0755 "$rootfs/usr/sbin/policy-rc.d"
 for m in proc sys dev; do
@@ -87,6 +90,21 @@ chroot "$rootfs" apt-get install -y -q --no-install-recommends \
   "${apt_pkgs[@]}" "${lang_pkgs[@]}" "${extra_pkgs[@]}" >>"$work/apt.log" 2>&1 \
   || { tail -30 "$work/apt.log" >&2; exit 1; }
 chroot "$rootfs" apt-get clean
+
+# The npm cache setup-host.sh's `npm install tsx@<pinned>` reads offline in the guest, filled
+# by the guest's own npm (another npm version caches the registry's answers under other
+# request headers, which this one does not accept offline). The host's CA bundle and resolver
+# are lent for this one step only.
+tsx_version=$(sed -n 's/^TSX_VERSION=\([0-9.]*\)$/\1/p' "$REPO/scripts/setup-host.sh")
+[ -n "$tsx_version" ] || { echo "build-image.sh: no TSX_VERSION in setup-host.sh" >&2; exit 1; }
+log "npm cache for tsx@$tsx_version"
+cp /etc/resolv.conf "$rootfs/etc/resolv.conf"
+cp /etc/ssl/certs/ca-certificates.crt "$rootfs/tmp/host-ca.crt"
+chroot "$rootfs" env HOME=/root NODE_EXTRA_CA_CERTS=/tmp/host-ca.crt npm install --prefix /tmp/npm-fill \
+  --cache /var/cache/sandboxd-npm --ignore-scripts --no-audit --no-fund --loglevel=error "tsx@$tsx_version" \
+  >"$work/npm.log" 2>&1 || { tail -30 "$work/npm.log" >&2; exit 1; }
+rm -rf "$rootfs/tmp/npm-fill" "$rootfs/tmp/host-ca.crt" "$rootfs/root/.npm/_logs"
+: >"$rootfs/etc/resolv.conf"  # the guest has no network
 rm -f "$rootfs/usr/sbin/policy-rc.d"
 for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do umount "${mounted[$i]}"; done
 mounted=()
@@ -126,7 +144,7 @@ cp "$(readlink -f "$rootfs/vmlinuz")" "$work/vmlinuz"
 cp "$(readlink -f "$rootfs/initrd.img")" "$work/initrd.img"
 log "mkfs.ext4 $DISK_SIZE from the root filesystem ($(du -sh "$rootfs" | cut -f1))"
 mkfs.ext4 -q -F -L sandboxd-guest -d "$rootfs" "$work/disk.raw" "$DISK_SIZE" >&2
-rm -rf "$rootfs"
+rm -rf --one-file-system "$rootfs"
 touch "$work/done"
 
 # Publish atomically, then drop images built from other inputs.
@@ -136,6 +154,6 @@ trap - EXIT
 for old in "$CACHE_ROOT"/*; do
   [ "$old" = "$image" ] || rm -rf "$old"
 done
-rm -rf "$CACHE_ROOT"/.build-*
+rm -rf --one-file-system "$CACHE_ROOT"/.build-*
 log "image ready: $image"
 echo "$image"

@@ -6,8 +6,8 @@
 #
 #   scripts/guest/run.sh RESULTS_DIR [TIMEOUT_S]
 #
-# The guest has no network (-nic none): Python packages come from a wheelhouse built here and
-# npm packages from an npm cache filled here, as an operator's offline mirror would provide.
+# The guest has no network (-nic none): Python packages come from a wheelhouse built here, as
+# an operator's offline mirror would provide (the image carries the npm cache for tsx).
 # The disk image is used with snapshot=on, so the cached image stays pristine. Run as root.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -54,23 +54,6 @@ if [ ! -f "$wheels/done" ]; then
 fi
 timing wheelhouse_s $((SECONDS - t))
 
-# The npm cache setup-host.sh's offline `npm install tsx@<pinned>` reads in the guest.
-t=$SECONDS
-tsx_version=$(sed -n 's/^TSX_VERSION=\([0-9.]*\)$/\1/p' "$REPO/scripts/setup-host.sh")
-[ -n "$tsx_version" ] || { echo "run.sh: no TSX_VERSION in setup-host.sh" >&2; exit 1; }
-npmcache="$CACHE/npm-cache/tsx-$tsx_version"
-if [ ! -f "$npmcache/done" ]; then
-  log "filling the npm cache $npmcache"
-  rm -rf "$CACHE/npm-cache"
-  mkdir -p "$npmcache/cache"
-  scratch=$(mktemp -d)
-  npm install --prefix "$scratch" --cache "$npmcache/cache" --ignore-scripts --no-audit --no-fund \
-    --loglevel=error "tsx@$tsx_version" >/dev/null
-  rm -rf "$scratch"
-  touch "$npmcache/done"
-fi
-timing npm_cache_s $((SECONDS - t))
-
 # The e2e client (@librechat/agents) as the host's e2e tests install it: shared in read-only.
 client="$REPO/tests/e2e/client"
 want=$(/usr/bin/python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["dependencies"]["@librechat/agents"])' "$client/package.json")
@@ -93,7 +76,6 @@ timeout --kill-after=10 "$TIMEOUT_S" qemu-system-x86_64 \
   -virtfs "local,path=$REPO,mount_tag=checkout,security_model=none,readonly=on" \
   -virtfs "local,path=$RESULTS,mount_tag=results,security_model=none" \
   -virtfs "local,path=$wheels,mount_tag=wheelhouse,security_model=none,readonly=on" \
-  -virtfs "local,path=$npmcache/cache,mount_tag=npmcache,security_model=none,readonly=on" \
   -nic none -display none -serial "file:$RESULTS/console.log" -no-reboot \
   -pidfile "$RESULTS/qemu.pid" || rc=$?
 timing guest_s $((SECONDS - t))
