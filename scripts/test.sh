@@ -20,6 +20,17 @@ if ! command -v systemd-analyze >/dev/null; then
   apt-get install -y -q --no-install-recommends systemd
 fi
 
+# --- systemd + cgroup v2 guest tier (tests/hosts/test_guest_tier.py, scripts/guest/) ---
+# qemu boots a Debian 12 guest built with debootstrap; mkfs.ext4 (e2fsprogs) makes its disk.
+guest_pkgs=(qemu-system-x86 qemu-utils debootstrap e2fsprogs)
+missing=()
+for p in "${guest_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+# --- end of the guest tier block ---
+
 # A test environment from Debian's python3 with this checkout installed editable.
 if [ ! -x .venv/bin/python ]; then /usr/bin/python3 -m venv .venv; fi
 .venv/bin/pip install -q --upgrade pip
