@@ -95,12 +95,22 @@ def v2_is_delegated(path: str, self_cgroup: str) -> bool:
     return False
 
 
+def _own_v2_group(self_cgroup: str, root: str) -> str:
+    """The delegated group this process manages: its own cgroup, or the parent when it sits in
+    the `supervisor` leaf an earlier setup in this process moved it to (doctor sets up twice)."""
+    parent = os.path.dirname(self_cgroup.rstrip("/")) or "/"
+    if os.path.basename(self_cgroup.rstrip("/")) == "supervisor" and v2_is_delegated(
+            os.path.normpath(os.path.join(root, parent.lstrip("/"))), parent):
+        return parent
+    return self_cgroup
+
+
 def needs_delegated_scope(root: str = CGROUP_ROOT) -> bool:
     """True on cgroup v2 when this process's own cgroup was not delegated to it (a login
     shell, an installer's unit): one-off commands must then run from a delegated scope."""
     if not os.path.exists(os.path.join(root, "cgroup.controllers")):
         return False
-    own = parse_self_cgroup_v2(Path("/proc/self/cgroup").read_text())
+    own = _own_v2_group(parse_self_cgroup_v2(Path("/proc/self/cgroup").read_text()), root)
     return not v2_is_delegated(os.path.normpath(os.path.join(root, own.lstrip("/"))), own)
 
 
@@ -336,6 +346,7 @@ class CgroupV2:
         if self_cgroup is None:
             self_cgroup = parse_self_cgroup_v2(Path("/proc/self/cgroup").read_text())
         self.root = root
+        self_cgroup = _own_v2_group(self_cgroup, root)
         self.self_cgroup = self_cgroup
         self.base = os.path.normpath(os.path.join(root, self_cgroup.lstrip("/")))
         self.jails = os.path.join(self.base, name)

@@ -129,3 +129,17 @@ def test_v2_peak_is_none_without_memory_peak_and_counters_come_from_event_files(
     assert (stats.oom_kills, stats.pids_limit_hits, stats.cpu_time_ns) == (1, 2, 1_500_000)
     (run / "memory.peak").write_text("7340032\n")
     assert _V2Run(str(run)).stats().memory_peak_bytes == 7340032
+
+
+def test_v2_setup_again_from_the_supervisor_leaf_uses_the_delegated_parent(tmp_path: Path) -> None:
+    """doctor sets up twice in one process: the second time it already sits in supervisor/."""
+    base = _fake_v2(tmp_path, "cpu memory pids\n")
+    _delegate(base)
+    (base / "supervisor").mkdir()
+    cg = CgroupV2("jails", root=str(tmp_path), self_cgroup="/system.slice/sandboxd.service/supervisor")
+    assert cg.base == str(base) and cg.jails == str(base / "jails")
+    undelegated = tmp_path / "user.slice" / "session-1.scope"
+    (undelegated / "supervisor").mkdir(parents=True)
+    other = CgroupV2("jails", root=str(tmp_path), self_cgroup="/user.slice/session-1.scope/supervisor")
+    with pytest.raises(ConfigError, match="not delegated"):
+        other.setup()  # a leaf named supervisor under a group nobody delegated stays refused
