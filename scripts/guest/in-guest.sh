@@ -51,10 +51,15 @@ t=$SECONDS
   || { tail -20 "$R/test-venv.log"; exit 1; }
 timing test_venv_s $((SECONDS - t))
 
+# The e2e client's node (the host's, shared read-only) first on the tests' PATH only.
+mkdir -p /mnt/clientnode /srv/client-node
+mount -t 9p -o trans=virtio,version=9p2000.L,ro clientnode /mnt/clientnode && ln -sf /mnt/clientnode/node /srv/client-node/node
+step "client node: $(/srv/client-node/node --version 2>&1)"
+
 step "pytest"
 t=$SECONDS
 cd "$SRC"
-SANDBOXD_GUEST_TIER=1 SANDBOXD_TEST_DAEMON_URL=http://127.0.0.1:8000 \
+PATH=/srv/client-node:$PATH SANDBOXD_GUEST_TIER=1 SANDBOXD_TEST_DAEMON_URL=http://127.0.0.1:8000 \
   timeout 1200 /srv/test-venv/bin/python -m pytest -p no:cacheprovider -v -rA \
   --junitxml="$R/junit.xml" -o junit_family=xunit2 \
   tests/guest \

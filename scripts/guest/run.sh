@@ -64,6 +64,10 @@ if [ "$want" != "$have" ]; then
   (cd "$client" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
 fi
 
+# The e2e client runs in the guest on the host's node: @librechat/agents needs a newer node
+# than Debian 12's (it uses the File global of node 20). Jails keep the guest's own node.
+node_dir=$(dirname "$(readlink -f "$(command -v node)")")
+
 rm -f "$RESULTS/status" "$RESULTS/junit.xml" "$RESULTS/console.log"
 log "booting $image (bound: $TIMEOUT_S s)"
 t=$SECONDS
@@ -76,6 +80,7 @@ timeout --kill-after=10 "$TIMEOUT_S" qemu-system-x86_64 \
   -virtfs "local,path=$REPO,mount_tag=checkout,security_model=none,readonly=on" \
   -virtfs "local,path=$RESULTS,mount_tag=results,security_model=none" \
   -virtfs "local,path=$wheels,mount_tag=wheelhouse,security_model=none,readonly=on" \
+  -virtfs "local,path=$node_dir,mount_tag=clientnode,security_model=none,readonly=on" \
   -nic none -display none -serial "file:$RESULTS/console.log" -no-reboot \
   -pidfile "$RESULTS/qemu.pid" || rc=$?
 timing guest_s $((SECONDS - t))

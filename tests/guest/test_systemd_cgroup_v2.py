@@ -48,7 +48,8 @@ def own_cgroup() -> str:
 
 
 def long_run_in_background() -> threading.Thread:
-    """A bash run that sleeps; returns once its cgroup holds its processes."""
+    """A bash run that sleeps; returns once its jailed processes run (nsjail joins the run's
+    cgroup before it starts them)."""
     def go() -> None:
         try:
             exec_code("echo started; sleep 600; echo never", lang="bash", timeout_s=900)
@@ -56,8 +57,7 @@ def long_run_in_background() -> threading.Thread:
             pass  # the daemon goes away under it: that is the point
     t = threading.Thread(target=go, daemon=True)
     t.start()
-    wait_for("a run cgroup holding the run's processes",
-             lambda: any((g / "cgroup.procs").read_text().split() for g in run_groups() if g.exists()))
+    wait_for("the run's jailed processes", jail_processes)
     return t
 
 
