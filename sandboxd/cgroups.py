@@ -34,6 +34,8 @@ __all__ = [
     "v2_limit_files",
     "parse_keyed",
     "parse_self_cgroup_v2",
+    "v2_is_delegated",
+    "needs_delegated_scope",
 ]
 
 CGROUP_ROOT = "/sys/fs/cgroup"
@@ -49,7 +51,7 @@ class CgroupLimits(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class CgroupStats(msgspec.Struct, frozen=True, kw_only=True):
-    memory_peak_bytes: int = 0
+    memory_peak_bytes: int | None = None  # None: the kernel keeps no peak (v2 before 5.19)
     oom_kills: int = 0
     pids_limit_hits: int = 0
     cpu_time_ns: int = 0
@@ -74,6 +76,42 @@ def parse_self_cgroup_v2(text: str) -> str:
         if line.startswith("0::"):
             return line[3:] or "/"
     raise ConfigError("no cgroup v2 entry in /proc/self/cgroup")
+
+
+def v2_is_delegated(path: str, self_cgroup: str) -> bool:
+    """Whether the cgroup at `path` is ours to manage. systemd marks every cgroup it delegates
+    (Delegate=yes on a service or scope) with the `trusted.delegate` xattr (`user.delegate`
+    from v253). At "/" as seen from here, a container engine gave us a private cgroup
+    namespace. Anything else belongs to systemd or to whoever started us: writing there (or
+    moving its processes into a child) would corrupt their bookkeeping."""
+    if self_cgroup == "/":
+        return True
+    for attr in ("trusted.delegate", "user.delegate"):
+        try:
+            if os.getxattr(path, attr) == b"1":
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _own_v2_group(self_cgroup: str, root: str) -> str:
+    """The delegated group this process manages: its own cgroup, or the parent when it sits in
+    the `supervisor` leaf an earlier setup in this process moved it to (doctor sets up twice)."""
+    parent = os.path.dirname(self_cgroup.rstrip("/")) or "/"
+    if os.path.basename(self_cgroup.rstrip("/")) == "supervisor" and v2_is_delegated(
+            os.path.normpath(os.path.join(root, parent.lstrip("/"))), parent):
+        return parent
+    return self_cgroup
+
+
+def needs_delegated_scope(root: str = CGROUP_ROOT) -> bool:
+    """True on cgroup v2 when this process's own cgroup was not delegated to it (a login
+    shell, an installer's unit): one-off commands must then run from a delegated scope."""
+    if not os.path.exists(os.path.join(root, "cgroup.controllers")):
+        return False
+    own = _own_v2_group(parse_self_cgroup_v2(Path("/proc/self/cgroup").read_text()), root)
+    return not v2_is_delegated(os.path.normpath(os.path.join(root, own.lstrip("/"))), own)
 
 
 def _cpu_quota_us(cores: float) -> int:
@@ -279,9 +317,9 @@ class _V2Run:
         return (os.path.join(self.path, "cgroup.procs"),)
 
     def stats(self) -> CgroupStats:
-        peak = _read_int(os.path.join(self.path, "memory.peak"))
-        if not peak:  # kernels before 5.19 have no memory.peak
-            peak = _read_int(os.path.join(self.path, "memory.current"))
+        # Kernels before 5.19 have no memory.peak; memory.current after the run is no peak.
+        peak_file = os.path.join(self.path, "memory.peak")
+        peak = _read_int(peak_file) if os.path.exists(peak_file) else None
         cpu = parse_keyed(_read(os.path.join(self.path, "cpu.stat")))
         return CgroupStats(
             memory_peak_bytes=peak,
@@ -314,6 +352,8 @@ class CgroupV2:
         if self_cgroup is None:
             self_cgroup = parse_self_cgroup_v2(Path("/proc/self/cgroup").read_text())
         self.root = root
+        self_cgroup = _own_v2_group(self_cgroup, root)
+        self.self_cgroup = self_cgroup
         self.base = os.path.normpath(os.path.join(root, self_cgroup.lstrip("/")))
         self.jails = os.path.join(self.base, name)
 
@@ -321,6 +361,12 @@ class CgroupV2:
         return f"cgroup v2: {self.jails}"
 
     def setup(self) -> None:
+        # Checked before anything is written: setup moves every process of this group.
+        if not v2_is_delegated(self.base, self.self_cgroup):
+            raise ConfigError(
+                f"cgroup {self.self_cgroup} was not delegated to sandboxd: run it as the shipped "
+                "systemd unit (Delegate=yes), or under `systemd-run --scope -p Delegate=yes`"
+            )
         want = set(V2_CONTROLLERS)
         available = set(_read(os.path.join(self.base, "cgroup.controllers")).split())
         if not want <= available:

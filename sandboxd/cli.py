@@ -66,6 +66,27 @@ def _check(ok: bool, what: str, why: str) -> bool:
     return ok
 
 
+SCOPE_MARK = "SANDBOXD_DELEGATED_SCOPE"
+
+
+def _run_in_delegated_scope(argv: list[str]) -> None:
+    """`doctor` and `warm-cache` create cgroups like the daemon, but run from whatever cgroup
+    their caller is in: a login shell's session or an installer's unit, which systemd never
+    delegated. On cgroup v2 under systemd, re-run the command in a transient scope with
+    Delegate=yes; the caller's processes stay where systemd put them."""
+    from .cgroups import needs_delegated_scope
+
+    if os.environ.get(SCOPE_MARK) == "1" or not needs_delegated_scope():
+        return
+    systemd_run = shutil.which("systemd-run")
+    if systemd_run is None or not os.path.isdir("/run/systemd/system"):
+        return  # no systemd to ask: the cgroup setup refuses with the reason
+    env = {**os.environ, SCOPE_MARK: "1"}
+    sys.stdout.flush()
+    os.execve(systemd_run, [systemd_run, "--scope", "--quiet", "--collect", "-p", "Delegate=yes", "--",
+                            sys.executable, "-m", "sandboxd", *argv], env)
+
+
 def cmd_doctor(ns: argparse.Namespace) -> int:
     """Check each layer on its own, then a real jail run; one clear line per missing piece."""
     from . import workspace
@@ -278,11 +299,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("what", choices=["show"])
     p.set_defaults(func=cmd_config_show)
 
+    if argv is None:
+        argv = sys.argv[1:]
     ns = parser.parse_args(argv)
     # The files the daemon makes for jails (sources, mount points, the font cache) must be readable
     # by the jails' uids whatever umask the caller had (a container entrypoint, a hardened shell).
     # Nothing secret is created without an explicit mode.
     os.umask(0o022)
+    if ns.cmd in ("doctor", "warm-cache"):
+        _run_in_delegated_scope(argv)
     logs.setup("info")  # JSON lines on stderr; the level follows log_level once settings load
     try:
         rc: int = ns.func(ns)

@@ -59,7 +59,7 @@ class RunResult(msgspec.Struct, frozen=True, kw_only=True):
     message: str | None
     wall_time_ms: int
     cpu_time_ms: int
-    memory_peak_bytes: int
+    memory_peak_bytes: int | None  # None where the kernel keeps no peak
 
 
 def _human_bytes(n: int) -> str:

@@ -73,7 +73,7 @@ class ExecReply(msgspec.Struct, kw_only=True):
     message: str | None
     wall_time_ms: int
     cpu_time_ms: int
-    memory_peak_bytes: int
+    memory_peak_bytes: int | None  # null where the kernel keeps no peak (cgroup v2 before 5.19)
     files: list[OutFile]
     deleted_files: list[str]
 

@@ -541,7 +541,8 @@ class SessionStore:
             stderr=built.stderr + ran.stderr,  # compiler warnings first
             wall_time_ms=built.wall_time_ms + ran.wall_time_ms,
             cpu_time_ms=built.cpu_time_ms + ran.cpu_time_ms,
-            memory_peak_bytes=max(built.memory_peak_bytes, ran.memory_peak_bytes),
+            memory_peak_bytes=max((p for p in (built.memory_peak_bytes, ran.memory_peak_bytes) if p is not None),
+                                  default=None),
         )
 
     async def _compile(self, s: Session, recipe: Recipe, code: bytes, limits: RunLimits, entry: str) -> RunResult:

@@ -13,9 +13,8 @@ export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1
 
 if [ "$(id -u)" -ne 0 ]; then echo "setup-host.sh must run as root" >&2; exit 1; fi
 
-# tini: the jails' pid 1 (signals and orphans behave as on an ordinary machine).
-apt_pkgs=(python3 python3-venv python3-dev ca-certificates bash coreutils util-linux procps
-          fonts-dejavu-core libfreetype6 tini)
+# The Debian package lists (apt_pkgs, lang_pkgs), shared with the test guest's image builder.
+source "$REPO/scripts/host-packages.sh"
 missing=()
 for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -52,8 +51,6 @@ install -d -m 0711 "$PREFIX/run"
 #    whose toolchain is missing answers 400 naming it; `sandboxd doctor` lists each one.
 #    Always the /usr/bin tools: a rustc, cargo or python3 earlier on root's PATH may live under
 #    /root, which no jail may see.
-lang_pkgs=(nodejs gcc g++ libc6-dev openjdk-17-jdk-headless php-cli rustc golang-go gdc gfortran
-           r-base-core)
 missing=()
 for p in "${lang_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 # npm is only needed here, to install tsx. Some nodejs builds bundle it (then no Debian npm

@@ -25,15 +25,19 @@ fi
 # name), and debootstrap for the locally made base image; podman-compose comes with the test
 # extra. The tier's first run builds the image (about 4 min on 2 cores, scripts/container/build.sh)
 # and keeps it in podman's image store; later runs reuse it while its inputs are unchanged.
-container_pkgs=(podman runc debootstrap containernetworking-plugins
-                golang-github-containernetworking-plugin-dnsname)
+# --- systemd + cgroup v2 guest tier (tests/hosts/test_guest_tier.py, scripts/guest/) ------------
+# qemu boots a Debian 12 guest built with debootstrap; mkfs.ext4 (e2fsprogs) makes its disk. The
+# image is cached under /var/cache/sandboxd-tests/guest and rebuilt when its inputs change.
+tier_pkgs=(podman runc debootstrap containernetworking-plugins
+           golang-github-containernetworking-plugin-dnsname
+           qemu-system-x86 qemu-utils e2fsprogs)
 missing=()
-for p in "${container_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+for p in "${tier_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
-# --- end of the container tier's block ----------------------------------------------------------
+# --- end of the tiers' block ----------------------------------------------------------------------
 
 # A test environment from Debian's python3 with this checkout installed editable.
 if [ ! -x .venv/bin/python ]; then /usr/bin/python3 -m venv .venv; fi

@@ -169,7 +169,7 @@ class LiveDaemon:
         mounts = [line for line in Path("/proc/self/mounts").read_text().splitlines()
                   if state in line and not (running and line.split()[1] == f"{state}/src")]
         name = f"sandboxd-live-{os.getpid()}-{self.port}"
-        return mounts, list(Path("/sys/fs/cgroup").glob(f"*/{name}/run-*"))
+        return mounts, cgroup_dirs(f"{name}/run-*")
 
     def _wait_ready(self, timeout_s: float = 30.0) -> None:
         end = time.monotonic() + timeout_s
@@ -197,6 +197,14 @@ class LiveDaemon:
         return self.proc.returncode
 
 
+def cgroup_dirs(pattern: str, root: Path = Path("/sys/fs/cgroup")) -> list[Path]:
+    """Cgroup directories matching `pattern` (a relative glob): under each controller's mount on
+    v1, anywhere in the unified tree on v2 (a daemon nests its groups in its own cgroup)."""
+    if (root / "cgroup.controllers").exists():
+        return sorted(p for p in root.rglob(pattern) if p.is_dir())
+    return sorted(root.glob(f"*/{pattern}"))
+
+
 def procs_in_uid_range(base: int, count: int) -> list[int]:
     """Host pids (zombies included) whose uid lies in [base, base + count): jailed processes."""
     out = subprocess.run(["ps", "-eo", "pid=,uid="], capture_output=True, text=True, check=True).stdout
@@ -205,6 +213,10 @@ def procs_in_uid_range(base: int, count: int) -> list[int]:
 
 @pytest.fixture(scope="session")
 def live_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url = os.environ.get("SANDBOXD_TEST_DAEMON_URL")
+    if url:  # a daemon installed and started outside the test run (the guest tier's unit)
+        yield url
+        return
     daemon = LiveDaemon(tmp_path_factory.mktemp("live"))
     try:
         yield daemon.url
@@ -221,7 +233,7 @@ def no_leftovers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         return
     pid = str(os.getpid())
     mounts = [line for line in Path("/proc/self/mounts").read_text().splitlines() if base in line]
-    cgroups = [p for p in Path("/sys/fs/cgroup").glob("*/sandboxd-*") if pid in p.name]
+    cgroups = [p for p in cgroup_dirs("sandboxd-*") if pid in p.name]
     assert not mounts, f"session mounts left behind: {mounts}"
     shutil.rmtree(base, ignore_errors=True)
     assert not cgroups, f"cgroups left behind: {cgroups}"

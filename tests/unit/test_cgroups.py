@@ -2,6 +2,7 @@
 exercised on hosts without a unified hierarchy, so its file handling is checked here against
 a directory tree laid out like a delegated cgroup v2 subtree."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -56,8 +57,32 @@ def _fake_v2(tmp_path: Path, controllers: str) -> Path:
     return base
 
 
+def _delegate(base: Path) -> None:
+    """What systemd does to a cgroup it delegates (Delegate=yes): mark it with an xattr."""
+    try:
+        os.setxattr(base, "user.delegate", b"1")
+    except OSError as exc:
+        pytest.skip(f"no user xattrs on {base}: {exc}")
+
+
+def test_v2_setup_refuses_an_undelegated_group_before_writing_anything(tmp_path: Path) -> None:
+    base = _fake_v2(tmp_path, "cpu memory pids\n")  # controllers available, but not delegated
+    cg = CgroupV2("jails", root=str(tmp_path), self_cgroup="/system.slice/sandboxd.service")
+    with pytest.raises(ConfigError, match="not delegated"):
+        cg.setup()
+    assert sorted(p.name for p in base.iterdir()) == ["cgroup.controllers", "cgroup.procs", "cgroup.subtree_control"]
+    assert (base / "cgroup.procs").read_text() == "4242\n" and (base / "cgroup.subtree_control").read_text() == ""
+    _delegate(base)  # the twin: the same group, delegated, is set up
+    (base / "jails").mkdir()
+    (base / "jails" / "cgroup.subtree_control").write_text("")
+    (base / "supervisor").mkdir()
+    (base / "supervisor" / "cgroup.procs").write_text("")
+    cg.setup()
+    assert (base / "supervisor" / "cgroup.procs").read_text() == "4242"
+
+
 def test_v2_setup_refuses_without_delegated_controllers(tmp_path: Path) -> None:
-    _fake_v2(tmp_path, "cpu\n")
+    _delegate(_fake_v2(tmp_path, "cpu\n"))
     cg = CgroupV2("sandboxd", root=str(tmp_path), self_cgroup="/system.slice/sandboxd.service")
     with pytest.raises(ConfigError, match="Delegate=yes"):
         cg.setup()
@@ -65,6 +90,7 @@ def test_v2_setup_refuses_without_delegated_controllers(tmp_path: Path) -> None:
 
 def test_v2_setup_enables_controllers_and_places_runs_under_own_child(tmp_path: Path) -> None:
     base = _fake_v2(tmp_path, "cpu memory pids\n")
+    _delegate(base)
     cg = CgroupV2("jails", root=str(tmp_path), self_cgroup="/system.slice/sandboxd.service")
     # A real cgroupfs creates the interface files itself; mkdir here only makes directories.
     jails = base / "jails"
@@ -87,3 +113,33 @@ def test_detect_prefers_v2_when_unified_root(tmp_path: Path) -> None:
 def test_detect_refuses_without_cgroups(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         detect_cgroups("x", root=str(tmp_path))
+
+
+def test_v2_peak_is_none_without_memory_peak_and_counters_come_from_event_files(tmp_path: Path) -> None:
+    from sandboxd.cgroups import _V2Run
+
+    run = tmp_path / "run-x"
+    run.mkdir()
+    (run / "memory.current").write_text("1048576\n")  # after the run: not a peak
+    (run / "memory.events").write_text("low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n")
+    (run / "pids.events").write_text("max 2\n")
+    (run / "cpu.stat").write_text("usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n")
+    stats = _V2Run(str(run)).stats()
+    assert stats.memory_peak_bytes is None  # kernels before 5.19: unknown, never a guess
+    assert (stats.oom_kills, stats.pids_limit_hits, stats.cpu_time_ns) == (1, 2, 1_500_000)
+    (run / "memory.peak").write_text("7340032\n")
+    assert _V2Run(str(run)).stats().memory_peak_bytes == 7340032
+
+
+def test_v2_setup_again_from_the_supervisor_leaf_uses_the_delegated_parent(tmp_path: Path) -> None:
+    """doctor sets up twice in one process: the second time it already sits in supervisor/."""
+    base = _fake_v2(tmp_path, "cpu memory pids\n")
+    _delegate(base)
+    (base / "supervisor").mkdir()
+    cg = CgroupV2("jails", root=str(tmp_path), self_cgroup="/system.slice/sandboxd.service/supervisor")
+    assert cg.base == str(base) and cg.jails == str(base / "jails")
+    undelegated = tmp_path / "user.slice" / "session-1.scope"
+    (undelegated / "supervisor").mkdir(parents=True)
+    other = CgroupV2("jails", root=str(tmp_path), self_cgroup="/user.slice/session-1.scope/supervisor")
+    with pytest.raises(ConfigError, match="not delegated"):
+        other.setup()  # a leaf named supervisor under a group nobody delegated stays refused
