@@ -12,7 +12,7 @@ FROM debian:12-slim
 COPY pyproject.toml README.md /src/
 COPY sandboxd/ /src/sandboxd/
 COPY jail-configs/ /src/jail-configs/
-COPY scripts/setup-host.sh /src/scripts/setup-host.sh
+COPY scripts/setup-host.sh scripts/host-packages.sh /src/scripts/
 
 # The host install, unchanged (apt packages, daemon venv, jail venv, toolchains). On a host
 # whose outbound TLS is intercepted, build.sh mounts that host's CA bundle read-only at

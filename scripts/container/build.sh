@@ -78,7 +78,7 @@ base_id=$(podman image inspect --format '{{.Id}}' "$BASE_IMAGE")
 
 # --- 2. the sandboxd image ----------------------------------------------------------------
 # Exactly what the Dockerfile copies (keep in step with its COPY lines and .dockerignore).
-inputs=(Dockerfile .dockerignore pyproject.toml README.md scripts/setup-host.sh
+inputs=(Dockerfile .dockerignore pyproject.toml README.md scripts/setup-host.sh scripts/host-packages.sh
         scripts/container/entrypoint.sh scripts/container/build.sh)
 cd "$REPO"
 mapfile -t tree < <(find sandboxd jail-configs -type f ! -name '*.pyc' ! -path '*/__pycache__/*' | LC_ALL=C sort)
